@@ -1,0 +1,194 @@
+"""Helpers every omaha-proxy addon shares: which flows are Omaha, one cached parse per flow,
+and the per-flow action metadata the logger reads.
+
+Per-flow state lives in ``flow.metadata`` (tnetstring-serialisable, so ``-w`` keeps it):
+
+- ``omaha_action``: what the proxy did, one of :data:`ACTIONS` (``forwarded`` when unset);
+- ``omaha_reason``: a short human text saying why;
+- ``omaha_upstream_response``: the upstream's original body (bytes) when a rewrite changed it.
+
+The parsed request is cached outside the metadata (models are not serialisable) in a weak
+map keyed by the flow, so each addon in the chain can ask for it and the body is parsed once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Final
+
+from mitmproxy import http
+
+from omaha_proxy.codec import encode, parse_request, sniff
+from omaha_proxy.errors import CodecError
+from omaha_proxy.model import Request, Response
+
+ACTIONS: Final = ("forwarded", "rewritten", "blocked", "held", "replayed", "served", "cached")
+"""Every value ``flow.metadata["omaha_action"]`` may take."""
+
+SYNTHETIC_ACTIONS: Final = frozenset({"blocked", "held", "replayed", "served", "cached"})
+"""Actions whose response the proxy made up instead of forwarding the upstream's."""
+
+META_ACTION: Final = "omaha_action"
+META_REASON: Final = "omaha_reason"
+META_UPSTREAM: Final = "omaha_upstream_response"
+
+# A malformed body still counts as Omaha if one of these appears near its start
+# (update_engine does not escape '"' in MACHINE_ALIAS, so real requests can be broken XML).
+_OMAHA_HINTS: Final = (b"<request", b"<response")
+_HINT_WINDOW: Final = 512
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    body: bytes
+    request: Request | None
+    error: str | None
+
+
+_parsed: weakref.WeakKeyDictionary[http.HTTPFlow, _Parsed] = weakref.WeakKeyDictionary()
+
+
+def _body(message: http.Message | None) -> bytes:
+    """The decoded body, or the raw bytes when the content encoding is broken; b"" if none."""
+    if message is None:
+        return b""
+    try:
+        return message.get_content(strict=False) or b""
+    except ValueError:
+        return message.raw_content or b""
+
+
+def request_body(flow: http.HTTPFlow) -> bytes:
+    """The request body as update_engine sent it (content-decoded), b"" when empty."""
+    return _body(flow.request)
+
+
+def response_body(flow: http.HTTPFlow) -> bytes:
+    """The response body (content-decoded), b"" when there is no response yet."""
+    return _body(flow.response)
+
+
+def looks_like_omaha(data: bytes) -> bool:
+    """True when ``data`` is an Omaha document, or broken XML that tries to be one."""
+    if not data:
+        return False
+    try:
+        if sniff(data) is not None:
+            return True
+    except Exception:  # sniff must never take the proxy down on hostile bytes
+        pass
+    head = data[:_HINT_WINDOW]
+    return head.lstrip().startswith(b"<") and any(hint in head for hint in _OMAHA_HINTS)
+
+
+def is_omaha_request(flow: http.HTTPFlow) -> bool:
+    """True for a POST whose body is (or tries to be) an Omaha request, whatever the path.
+
+    A body that sniffs as an Omaha request counts; so does malformed XML containing
+    ``<request`` (it is logged with its parse error and forwarded untouched).
+    """
+    if flow.request.method != "POST":
+        return False
+    body = request_body(flow)
+    if not body:
+        return False
+    parsed = _parse(flow, body)
+    if parsed.request is not None:
+        return True
+    try:
+        kind = sniff(body)
+    except Exception:
+        kind = None
+    if kind == "response":
+        return False
+    head = body[:_HINT_WINDOW]
+    return head.lstrip().startswith(b"<") and b"<request" in head
+
+
+def _parse(flow: http.HTTPFlow, body: bytes) -> _Parsed:
+    cached = _parsed.get(flow)
+    if cached is not None and cached.body == body:
+        return cached
+    try:
+        result = _Parsed(body, parse_request(body), None)
+    except CodecError as e:
+        result = _Parsed(body, None, str(e))
+    except Exception as e:  # a codec bug must not break the proxy: log it as a parse error
+        result = _Parsed(body, None, f"{type(e).__name__}: {e}")
+    _parsed[flow] = result
+    return result
+
+
+def omaha_request(flow: http.HTTPFlow) -> Request | None:
+    """The flow's request parsed as Omaha (cached per flow and body), or None if it is not.
+
+    Never raises: a body that does not parse gives None; :func:`request_error` says why.
+    """
+    if flow.request.method != "POST":
+        return None
+    body = request_body(flow)
+    return _parse(flow, body).request if body else None
+
+
+def request_error(flow: http.HTTPFlow) -> str | None:
+    """Why the flow's request body did not parse as Omaha, or None when it did (or is empty)."""
+    body = request_body(flow)
+    return _parse(flow, body).error if body else None
+
+
+def action(flow: http.HTTPFlow) -> str:
+    """What the proxy did with this flow so far (``forwarded`` unless an addon said otherwise)."""
+    return str(flow.metadata.get(META_ACTION, "forwarded"))
+
+
+def reason(flow: http.HTTPFlow) -> str | None:
+    """The short reason an addon gave with its action, or None."""
+    value = flow.metadata.get(META_REASON)
+    return None if value is None else str(value)
+
+
+def set_action(flow: http.HTTPFlow, action: str, reason: str | None = None) -> None:
+    """Record what the proxy did with ``flow`` (read by the logger). Raises ValueError for an
+    action not in :data:`ACTIONS`."""
+    if action not in ACTIONS:
+        raise ValueError(f"unknown omaha action {action!r}; valid: {', '.join(ACTIONS)}")
+    flow.metadata[META_ACTION] = action
+    if reason is None:
+        flow.metadata.pop(META_REASON, None)
+    else:
+        flow.metadata[META_REASON] = reason
+
+
+def keep_upstream_response(flow: http.HTTPFlow) -> None:
+    """Save the upstream's original body before a rewrite (first rewrite wins)."""
+    if flow.response is not None and META_UPSTREAM not in flow.metadata:
+        flow.metadata[META_UPSTREAM] = response_body(flow)
+
+
+def upstream_response(flow: http.HTTPFlow) -> bytes | None:
+    """The upstream's original body when a rewrite changed it, else None."""
+    value = flow.metadata.get(META_UPSTREAM)
+    return value if isinstance(value, bytes) else None
+
+
+def is_answered(flow: http.HTTPFlow) -> bool:
+    """True when the proxy, not the upstream, produced (or is producing) this flow's response:
+    an addon recorded a synthetic action (blocked, held, replayed, served, cached) or
+    mitmproxy's own server replay answered it.
+
+    Rewrite rules in ``response`` hooks use it to leave synthetic answers alone; ``request``
+    hooks should also skip flows whose ``flow.response`` is already set.
+    """
+    return action(flow) in SYNTHETIC_ACTIONS or flow.is_replay == "response"
+
+
+def answer(flow: http.HTTPFlow, response: Response, action: str, reason: str | None = None) -> None:
+    """Answer ``flow`` without the upstream: HTTP 200 ``text/xml`` with ``response`` encoded.
+
+    Sets ``flow.response`` (so mitmproxy skips the upstream when called from a ``request``
+    hook) and records ``action``/``reason``. Raises ValueError for an unknown action.
+    """
+    set_action(flow, action, reason)
+    # update_engine only needs 200 + well-formed XML; Nebraska sends text/xml.
+    flow.response = http.Response.make(200, encode(response), {"Content-Type": "text/xml"})
