@@ -1,0 +1,192 @@
+"""OmahaControl inside a real mitmproxy context (taddons): options, hooks and commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from omaha_proxy.codec import encode, parse_response
+from omaha_proxy.mitm.common import META_UPSTREAM, action, reason
+from omaha_proxy.mitm.control import OmahaControl
+from omaha_proxy.model import Response
+from omaha_proxy.store import Store
+from omaha_proxy.verdict import update_engine_verdict
+from tests.test_policy import NOUPDATE, check, offer
+
+NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+
+def flow_for(request_xml: bytes, response: Response | None = None) -> http.HTTPFlow:
+    req = tutils.treq(
+        method=b"POST",
+        host="127.0.0.1",
+        port=8000,
+        scheme=b"http",
+        path=b"/v1/update/",
+        content=request_xml,
+        headers=http.Headers(content_type="text/xml"),
+    )
+    resp: http.Response | bool = False
+    if response is not None:
+        resp = http.Response.make(200, encode(response), {"Content-Type": "text/xml"})
+    return tflow.tflow(req=req, resp=resp)
+
+
+@pytest.fixture
+def control():
+    addon = OmahaControl(clock=lambda: NOW)
+    with taddons.context(addon) as tctx:
+        yield addon, tctx
+
+
+def sent(flow: http.HTTPFlow):
+    assert flow.response is not None and flow.response.status_code == 200
+    return update_engine_verdict(flow.response.content)
+
+
+def test_block_answers_locally_and_marks_the_flow(control):
+    addon, tctx = control
+    tctx.configure(addon, omaha_block="true")
+    flow = flow_for(encode(check()))
+    addon.request(flow)
+    assert sent(flow).kind == "noupdate"
+    assert flow.response.headers["content-type"] == "text/xml"
+    assert action(flow) == "blocked" and "blocked (all)" in reason(flow)
+    assert flow.marked == ":no_entry:" and "blocked" in flow.comment
+    addon.response(flow)  # the response hook leaves the synthetic answer alone
+    assert sent(flow).kind == "noupdate"
+
+
+def test_pin_rewrites_the_upstream_offer_and_keeps_the_original(control):
+    addon, tctx = control
+    tctx.configure(addon, omaha_pin="4081.2.0")
+    flow = flow_for(encode(check()), offer("4152.2.0"))
+    original = flow.response.content
+    addon.response(flow)
+    assert sent(flow).kind == "noupdate"
+    assert flow.metadata[META_UPSTREAM] == original
+    assert action(flow) == "rewritten" and "pin 4081.2.0" in reason(flow)
+    assert flow.marked
+
+
+def test_pin_below_replays_an_offer_seen_earlier_in_the_run(control):
+    addon, tctx = control
+    seen = flow_for(encode(check("3975.2.0", machine="a" * 32)), offer("4081.2.0"))
+    addon.response(seen)  # upstream offered 4081.2.0 to someone: remembered
+    tctx.configure(addon, omaha_pin="4081.2.0")
+    flow = flow_for(encode(check("3975.2.0")), offer("4152.2.0"))
+    addon.response(flow)
+    result = sent(flow)
+    assert (result.kind, result.version) == ("update", "4081.2.0")
+    assert parse_response(flow.response.content).apps[0].updatecheck == offer("4081.2.0").apps[0].updatecheck
+    assert "4081.2.0 (amd64-usr)" in addon.status()
+
+
+def test_rollout_holds_the_third_machine(control):
+    addon, tctx = control
+    tctx.configure(addon, omaha_rollout="max=2/1h")
+    kinds = []
+    for i in range(3):
+        flow = flow_for(encode(check(machine=f"{i:032x}")), offer("4152.2.0"))
+        addon.response(flow)
+        kinds.append((sent(flow).kind, action(flow)))
+    assert kinds == [("update", "forwarded"), ("update", "forwarded"), ("noupdate", "held")]
+    assert "current period: 2" in addon.status()
+
+
+def test_noupdate_answers_pass_untouched(control):
+    addon, tctx = control
+    tctx.configure(addon, omaha_pin="4081.2.0", omaha_rollout="max=1/1h")
+    flow = flow_for(encode(check("3975.2.0")), NOUPDATE)
+    before = flow.response.content
+    addon.response(flow)
+    assert flow.response.content == before and META_UPSTREAM not in flow.metadata
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("omaha_block", "group:x"),
+        ("omaha_pin", "latest"),
+        ("omaha_rollout", "max=2"),
+        ("omaha_block_events", "drop"),
+    ],
+)
+def test_bad_values_are_refused_with_valid_forms_and_nothing_half_applies(control, option, value):
+    addon, tctx = control
+    tctx.configure(addon, omaha_pin="4081.2.0")
+    before = addon.state
+    with pytest.raises(exceptions.OptionsError, match="valid"):
+        tctx.configure(addon, **{"omaha_block": "true", option: value})  # one bad value in the batch
+    assert addon.state == before
+    assert tctx.options.omaha_block == ""
+
+
+def test_commands_change_the_options_live(control):
+    addon, tctx = control
+    out = tctx.master.commands.call("omaha.block", "track:beta")
+    assert "block: track:beta" in out and addon.state.block is not None
+    tctx.master.commands.call("omaha.unblock")
+    assert addon.state.block is None
+    tctx.master.commands.call("omaha.pin", "stable=4081.2.0")
+    assert tctx.options.omaha_pin == "stable=4081.2.0"
+    tctx.master.commands.call("omaha.unpin")
+    tctx.master.commands.call("omaha.rollout", "percent=10")
+    assert "rollout: 10%" in tctx.master.commands.call("omaha.status")
+    with pytest.raises(exceptions.OptionsError):
+        tctx.master.commands.call("omaha.pin", "soon")
+    assert tctx.options.omaha_pin == ""
+
+
+def test_warns_when_block_needs_a_lazy_connection_strategy(control, caplog):
+    addon, tctx = control
+    tctx.options.add_option("connection_strategy", str, "eager", "owned by mitmproxy's proxyserver addon")
+    tctx.configure(
+        addon, mode=["reverse:http://127.0.0.1:1"], connection_strategy="eager", omaha_block="true"
+    )
+    assert "connection_strategy=lazy" in caplog.text
+
+
+def log_offer(path, machine: str, version: str, *, ts: float, from_version: str = "3975.2.0") -> None:
+    """Log one forwarded upstream offer the way the observe addon does."""
+    with Store(path) as store:
+        store.record_exchange(
+            flow_id=f"{machine}-{version}-{ts}",
+            ts=ts,
+            request_xml=encode(check(from_version, machine=machine)),
+            response_xml=encode(offer(version)),
+        )
+
+
+def test_pin_replays_an_offer_seen_in_the_log(tmp_path):
+    db = tmp_path / "omaha.db"
+    log_offer(db, "a" * 32, "4081.2.0", ts=NOW.timestamp() - 86400)
+    addon = OmahaControl(clock=lambda: NOW)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("omaha_db", str, "", "owned by OmahaObserve")
+        tctx.configure(addon, omaha_db=str(db), omaha_pin="4081.2.0")
+        flow = flow_for(encode(check("3975.2.0")), NOUPDATE)
+        addon.response(flow)
+        assert (sent(flow).kind, sent(flow).version) == ("update", "4081.2.0")
+        assert (
+            parse_response(flow.response.content).apps[0].updatecheck == offer("4081.2.0").apps[0].updatecheck
+        )
+
+
+def test_rollout_counts_grants_from_the_log_after_a_restart(tmp_path):
+    db = tmp_path / "omaha.db"
+    for i in range(2):
+        log_offer(db, f"{i:032x}", "4152.2.0", ts=NOW.timestamp() - 600)
+    addon = OmahaControl(clock=lambda: NOW)
+    with taddons.context(addon) as tctx:
+        tctx.options.add_option("omaha_db", str, "", "owned by OmahaObserve")
+        tctx.configure(addon, omaha_db=str(db), omaha_rollout="max=2/1h")
+        again = flow_for(encode(check(machine=f"{1:032x}")), offer("4152.2.0"))
+        addon.response(again)
+        assert sent(again).kind == "update"  # already granted: re-served
+        third = flow_for(encode(check(machine=f"{2:032x}")), offer("4152.2.0"))
+        addon.response(third)
+        assert sent(third).kind == "noupdate" and action(third) == "held"
