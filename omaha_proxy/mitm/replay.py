@@ -89,8 +89,10 @@ class OmahaReplay:
                 raise exceptions.OptionsError(str(e)) from e
             self.player = Player(rec, matchers=matchers) if rec is not None else None
             if rec is not None:
-                log.info("omaha_replay: %d exchanges of %d machines from %s (matchers: %s)",
-                         len(rec.exchanges), len(rec.machines), opts.omaha_replay, ", ".join(matchers))  # fmt: skip
+                log.info(
+                    "omaha_replay: %d exchanges of %d machines from %s (matchers: %s)",
+                    len(rec.exchanges), len(rec.machines), opts.omaha_replay, ", ".join(matchers),
+                )  # fmt: skip
         if "omaha_replay_miss" in updated:
             try:
                 self.miss = parse_miss_policy(opts.omaha_replay_miss)
