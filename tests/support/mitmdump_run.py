@@ -1,0 +1,79 @@
+"""Run a real ``mitmdump -s addons/omaha.py`` on 127.0.0.1 for end-to-end tests."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+_LISTENING = re.compile(r"listening at 127\.0\.0\.1:(\d+)")
+
+
+@dataclass
+class Mitmdump:
+    """A running mitmdump: its port and everything it printed so far."""
+
+    proc: subprocess.Popen[str]
+    port: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 5.0) -> bool:
+        """True once ``text`` appears in the output (polls, bounded by ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+@contextlib.contextmanager
+def run_mitmdump(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmdump]:
+    """Start mitmdump with the omaha addons and ``args``; stop it with SIGINT on exit."""
+    cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(REPO / "addons/omaha.py")]
+    cmd += ["--set", "flow_detail=0", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    md = Mitmdump(proc)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def pump() -> None:
+        for line in stdout:
+            md.lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not md.port:
+            match = _LISTENING.search(md.output)
+            if match:
+                md.port = int(match.group(1))
+            elif proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mitmdump did not start:\n{md.output}")
+            else:
+                time.sleep(0.05)
+        yield md
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
