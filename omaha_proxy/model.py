@@ -13,6 +13,10 @@ sends ``hardware_class=""``, ``oemversion=""``).
 Each class has an ``_ATTRS`` table: ``(field name, XML attribute name, is_int)`` in the
 order the encoder writes them (update_engine's order for requests, Nebraska's for
 responses). The codec is driven by these tables.
+
+The classes are frozen but not slotted: the decoder builds instances by filling
+``__dict__`` directly, leaving absent attributes to the class-level defaults, which is
+several times faster than the generated ``__init__`` and yields identical objects.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from omaha_proxy.codes import EventResult, EventType, decode_error_code, ErrorCodeInfo
+from omaha_proxy.codes import ErrorCodeInfo, EventResult, EventType, decode_error_code
 
 Attrs = tuple[tuple[str, str], ...]
 AttrSpec = tuple[tuple[str, str, bool], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class XmlElement:
     """An element the model does not name, kept verbatim (attributes, text, children)."""
 
@@ -39,7 +43,7 @@ class XmlElement:
 # --------------------------------------------------------------------------- request side
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Hw:
     sse: str | None = None
     sse2: str | None = None
@@ -57,7 +61,7 @@ class Hw:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Os:
     version: str | None = None
     platform: str | None = None
@@ -75,7 +79,7 @@ class Os:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ping:
     """``<ping>`` in a request. update_engine always sends exactly ``active="1"``."""
 
@@ -98,7 +102,7 @@ class Ping:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class UpdateCheck:
     """``<updatecheck>`` in a request (update_engine sends it empty)."""
 
@@ -117,7 +121,7 @@ class UpdateCheck:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Event:
     """``<event>`` in a request: what the client reports (13/1, 14/1, 3/1, 3/0+code, 3/2...)."""
 
@@ -163,7 +167,7 @@ class Event:
         return None if self.errorcode is None else decode_error_code(self.errorcode)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Data:
     """``<data>`` in a request or response; ``text`` is its character content."""
 
@@ -181,7 +185,7 @@ class Data:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AppRequest:
     """``<app>`` in a request. Attribute order is update_engine 0.4.10's."""
 
@@ -231,7 +235,7 @@ class AppRequest:
     )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Request:
     """``<request>``: the document update_engine POSTs to ``SERVER``."""
 
@@ -266,7 +270,7 @@ class Request:
 # -------------------------------------------------------------------------- response side
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DayStart:
     elapsed_seconds: str | None = None
     elapsed_days: str | None = None
@@ -280,7 +284,7 @@ class DayStart:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Ack:
     """``<ping status="ok">`` or ``<event status="ok">`` in a response."""
 
@@ -291,7 +295,7 @@ class Ack:
     _ATTRS: ClassVar[AttrSpec] = (("status", "status", False),)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Url:
     """``<url codebase=...>``: a prefix; the client appends the package name."""
 
@@ -306,7 +310,7 @@ class Url:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Package:
     """``<package>``. ``hash`` is base64 SHA-1; ``hash_sha256`` is hex (Nebraska, ue-rs)."""
 
@@ -338,7 +342,7 @@ class Package:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Action:
     """``<action>``. update_engine reads its payload parameters from the ``postinstall`` one.
 
@@ -396,7 +400,7 @@ class Action:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Manifest:
     """``<manifest>``. Nebraska may send several (floor versions) to multi-manifest clients.
 
@@ -429,7 +433,7 @@ class Manifest:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class UpdateCheckResponse:
     """``<updatecheck>`` in a response.
 
@@ -461,7 +465,7 @@ class UpdateCheckResponse:
         return self.manifests[0] if self.manifests else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AppResponse:
     """``<app>`` in a response. Nebraska's child order: ping, updatecheck, event*."""
 
@@ -483,7 +487,7 @@ class AppResponse:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Response:
     """``<response>``: what the server answers."""
 
