@@ -27,6 +27,7 @@ import contextvars
 import email.utils
 import logging
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -346,6 +347,8 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], owner: OmahaServer) -> None:
         self.owner = owner
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
 
