@@ -1,0 +1,461 @@
+"""An update_engine 0.4.10 simulator: one machine's walk, and a fleet of them at once.
+
+Each :class:`SimulatedMachine` follows the real client's sequence (reference
+omaha-protocol.md §1.5), one scheduler tick at a time:
+
+1. update check (ping + updatecheck + event 3/2 with ``previousversion`` ``""``,
+   ``"0.0.0.0"`` on a first boot, the old version right after rebooting into an update),
+   judged with :func:`omaha_proxy.verdict.update_engine_verdict`;
+2. on an offer: event 13/1, payload GET (``codebase + name``, each URL in turn), size then
+   base64 SHA-256 verified exactly as update_engine does (error 11, then 10), event 14/1,
+   the postinstall's OEM extension download when the manifest lists ``oem-<oem>.gz`` (ue-rs:
+   ``Url::join`` on the first codebase, hex ``hash_sha256`` and base64 SHA-1), event 3/1;
+3. while waiting for reboot, ping-only requests; after ``reboot_after`` of them the machine
+   "reboots" (new boot id, running the offered version) and its next check carries event 3/2
+   with ``previousversion=<old>``.
+
+Any failure ends the attempt with one 3/0 event whose code carries update_engine's flags
+(``1<<28`` whenever SERVER is not the production URL; HTTP failures are 2000 + status). A
+``noupdate`` produces no event. Payload signatures (CrAU) are not checked.
+
+:func:`simulate` runs many machines with bounded concurrency and total time; the 45-minute
+interval is compressed to ``interval`` seconds (±5/45 fuzz, as update_engine's ±5 min).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import dataclasses
+import enum
+import hashlib
+import random
+import time
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from omaha_proxy.codec import parse_response
+from omaha_proxy.codes import ErrorCode, ErrorFlag, decode_error_code
+from omaha_proxy.errors import CodecError
+from omaha_proxy.httpclient import DeadlineExceeded, HttpClient, HttpResult
+from omaha_proxy.machine import (
+    PRODUCTION_SERVER,
+    Machine,
+    event_request,
+    ping_request,
+    update_check_request,
+)
+from omaha_proxy.model import Package, Response
+from omaha_proxy.verdict import Verdict, update_engine_verdict
+
+HTTP_BASE = 2000  # update_engine: kActionCodeOmahaRequestHTTPResponseBase
+
+
+class State(enum.StrEnum):
+    """Where a simulated machine is in update_engine's cycle."""
+
+    IDLE = "idle"
+    NEED_REBOOT = "need-reboot"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One HTTP exchange a machine made, and what update_engine made of it."""
+
+    at: float
+    kind: str  # updatecheck | event | ping | download
+    detail: str  # "3/2 previousversion=''", "13/1", a URL ...
+    status: int | None  # HTTP status; None when no response arrived
+    outcome: str  # noupdate | update <v> | error <code> ... | ok | acked
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class MachineReport:
+    """What happened to one machine during a simulation."""
+
+    machine_id: str
+    alias: str
+    start_version: str
+    version: str
+    state: str
+    updates: int
+    error_codes: tuple[int, ...]
+    steps: tuple[Step, ...]
+    finished: bool = True
+
+    @property
+    def outcome(self) -> str:
+        """One word for the fleet table: updated, waiting-reboot, failed, current, unfinished."""
+        if not self.finished:
+            return "unfinished"
+        if self.state == State.NEED_REBOOT:
+            return "waiting-reboot"
+        if self.updates:
+            return "updated"
+        return "failed" if self.error_codes else "current"
+
+
+class SimulatedMachine:
+    """One machine's update_engine state machine (mutable; used by one thread at a time)."""
+
+    def __init__(
+        self,
+        machine: Machine,
+        server: str,
+        http: HttpClient,
+        *,
+        first_boot: bool = False,
+        interactive: bool = False,
+        reboot_after: int = 1,
+        rng: random.Random | None = None,
+        clock_start: float | None = None,
+    ) -> None:
+        self.machine = machine
+        self.start = machine
+        self.server = server
+        self.http = http
+        self.interactive = interactive
+        self.reboot_after = reboot_after
+        self.rng = rng or random.Random()
+        self.flags = 0 if server == PRODUCTION_SERVER else int(ErrorFlag.TEST_OMAHA_URL)
+        self.state = State.IDLE
+        self.previous_version = "0.0.0.0" if first_boot else ""
+        self.pending_version: str | None = None
+        self.pings = 0
+        self.updates = 0
+        self.error_codes: list[int] = []
+        self.steps: list[Step] = []
+        self.t0 = time.monotonic() if clock_start is None else clock_start
+
+    # ----------------------------------------------------------------- the cycle
+
+    def tick(self) -> None:
+        """One scheduler tick (every ~45 min on a real machine)."""
+        if self.state is State.NEED_REBOOT:
+            if self.pings < self.reboot_after:
+                self._ping()
+                return
+            self._reboot()
+        self._check()
+
+    def _reboot(self) -> None:
+        old = self.machine.version
+        self.machine = self.machine.rebooted(self.pending_version or old, self.rng)
+        self.previous_version = old  # the "SuccessReboot" signal on the next check
+        self.state, self.pending_version, self.pings = State.IDLE, None, 0
+        self.updates += 1
+
+    def _check(self) -> None:
+        previous = self.previous_version
+        body = update_check_request(self.machine, previous_version=previous, interactive=self.interactive)
+        result, t, took = self._post(body)
+        detail = f"3/2 previousversion={previous!r}"
+        if result.status is not None:
+            self.previous_version = ""  # the pref is reset once the check went through
+        if not result.ok:
+            code = HTTP_BASE + (result.status or 0)
+            self._record("updatecheck", detail, result, f"error {code} ({result.error or 'HTTP'})", t, took)
+            self._fail(code)
+            return
+        verdict = update_engine_verdict(result.body)
+        if verdict.kind == "noupdate":
+            self._record("updatecheck", detail, result, "noupdate", t, took)
+        elif verdict.kind == "error":
+            self._record(
+                "updatecheck", detail, result, f"error {verdict.error_code}: {verdict.reason}", t, took
+            )
+            self._fail(int(verdict.error_code or ErrorCode.OMAHA_RESPONSE_INVALID))
+        else:
+            self._record("updatecheck", detail, result, f"update {verdict.version}", t, took)
+            self._install(verdict, result.body)
+
+    def _install(self, verdict: Verdict, response_body: bytes) -> None:
+        self._event(13, 1)
+        code = self._download(list(verdict.urls), verdict.size or 0, verdict.sha256_b64 or "")
+        if code:
+            self._fail(code)
+            return
+        self._event(14, 1)
+        code = self._postinstall(response_body)
+        if code:
+            self._fail(code)
+            return
+        self._event(3, 1)
+        self.state, self.pending_version, self.pings = State.NEED_REBOOT, verdict.version, 0
+
+    def _download(self, urls: list[str], size: int, sha256_b64: str) -> int:
+        """Fetch the payload from the first URL that answers; returns 0 or an error code."""
+        for url in urls:
+            digest = hashlib.sha256()
+            t = time.monotonic()
+            result = self.http.request("GET", url, sink=digest.update)
+            took = time.monotonic() - t
+            if not result.ok:
+                self._record("download", url, result, f"failed ({result.error or result.status})", t, took)
+                continue
+            # update_engine: byte count first (11), then base64 SHA-256 as a plain string (10).
+            if result.received != size:
+                self._record("download", url, result, f"size {result.received} != {size}", t, took)
+                return ErrorCode.PAYLOAD_SIZE_MISMATCH
+            actual = base64.b64encode(digest.digest()).decode()
+            if actual != sha256_b64:
+                self._record("download", url, result, f"sha256 {actual} != {sha256_b64}", t, took)
+                return ErrorCode.PAYLOAD_HASH_MISMATCH
+            self._record("download", url, result, f"ok {size} bytes", t, took)
+            return 0
+        return ErrorCode.DOWNLOAD_TRANSFER_ERROR
+
+    def _postinstall(self, response_body: bytes) -> int:
+        """ue-rs ``download_sysext``: fetch and check ``oem-<oem>.gz`` if the manifest lists it."""
+        if not self.machine.oem:
+            return 0
+        try:
+            response = parse_response(response_body)
+        except CodecError:
+            return 0
+        found = _extension(response, f"oem-{self.machine.oem}.gz")
+        if found is None:
+            return 0
+        url, package = found
+        sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+
+        def sink(chunk: bytes) -> None:
+            sha256.update(chunk)
+            sha1.update(chunk)
+
+        t = time.monotonic()
+        result = self.http.request("GET", url, sink=sink)
+        took = time.monotonic() - t
+        problem = None
+        if not result.ok:
+            problem = f"failed ({result.error or result.status})"
+        elif package.hash_sha256 and sha256.hexdigest() != package.hash_sha256.lower():
+            problem = "hash_sha256 mismatch"
+        elif package.hash and base64.b64encode(sha1.digest()).decode() != package.hash:
+            problem = "hash (sha1) mismatch"
+        self._record("download", url, result, problem or f"ok {result.received} bytes", t, took)
+        return ErrorCode.POSTINSTALL_RUNNER_ERROR if problem else 0
+
+    def _ping(self) -> None:
+        result, t, took = self._post(ping_request(self.machine))
+        self.pings += 1
+        outcome = (
+            "acked"
+            if result.ok and _well_formed(result.body)
+            else f"failed ({result.error or result.status})"
+        )
+        self._record("ping", "ping only", result, outcome, t, took)
+
+    def _event(self, eventtype: int, eventresult: int, errorcode: int | None = None) -> None:
+        # Events are best effort: update_engine ignores the transport result and the body.
+        body = event_request(self.machine, eventtype, eventresult, errorcode, interactive=self.interactive)
+        result, t, took = self._post(body)
+        detail = f"{eventtype}/{eventresult}" + (f" errorcode={errorcode}" if errorcode is not None else "")
+        self._record("event", detail, result, "acked" if result.ok else "not delivered", t, took)
+
+    def _fail(self, code: int) -> None:
+        flagged = code | self.flags
+        self.error_codes.append(flagged)
+        self._event(3, 0, flagged)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _post(self, body: bytes) -> tuple[HttpResult, float, float]:
+        t = time.monotonic()
+        result = self.http.request("POST", self.server, body, content_type="text/xml")
+        return result, t, time.monotonic() - t
+
+    def _record(
+        self, kind: str, detail: str, result: HttpResult, outcome: str, t: float, took: float
+    ) -> None:
+        self.steps.append(Step(round(t - self.t0, 4), kind, detail, result.status, outcome, round(took, 4)))
+
+    def report(self, *, finished: bool = True) -> MachineReport:
+        """A snapshot of what happened so far."""
+        return MachineReport(
+            machine_id=self.start.machine_id,
+            alias=self.start.alias,
+            start_version=self.start.version,
+            version=self.machine.version,
+            state=str(self.state),
+            updates=self.updates,
+            error_codes=tuple(self.error_codes),
+            steps=tuple(self.steps),
+            finished=finished,
+        )
+
+
+def _well_formed(body: bytes) -> bool:
+    try:
+        parse_response(body)
+    except CodecError:
+        return False
+    return True
+
+
+def _extension(response: Response, name: str) -> tuple[str, Package] | None:
+    """The ``(url, package)`` of an extension package in the first app's first manifest."""
+    for app in response.apps:
+        uc = app.updatecheck
+        if uc is None or not uc.manifests or not uc.urls:
+            continue
+        for package in uc.manifests[0].packages or ():
+            if package.name == name and uc.urls[0].codebase:
+                return urllib.parse.urljoin(uc.urls[0].codebase, name), package
+        return None
+    return None
+
+
+# ----------------------------------------------------------------------------- fleet
+
+
+@dataclass(frozen=True, slots=True)
+class SimulationReport:
+    """The result of :func:`simulate`."""
+
+    url: str
+    proxy: str | None
+    cycles: int
+    duration: float
+    machines: tuple[MachineReport, ...]
+    timed_out: bool
+
+    @property
+    def requests(self) -> int:
+        """HTTP exchanges made by all machines (Omaha POSTs and payload GETs)."""
+        return sum(len(m.steps) for m in self.machines)
+
+    def summary(self) -> dict[str, int]:
+        """Machines per outcome (updated, current, failed, waiting-reboot, unfinished)."""
+        counts: dict[str, int] = {}
+        for m in self.machines:
+            counts[m.outcome] = counts.get(m.outcome, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dict (error codes also decoded)."""
+        data = dataclasses.asdict(self)
+        data["summary"] = self.summary()
+        data["requests"] = self.requests
+        for m, raw in zip(data["machines"], self.machines, strict=True):  # type: ignore[call-overload]
+            m["outcome"] = raw.outcome
+            m["errors"] = [str(decode_error_code(c)) for c in raw.error_codes]
+        return data
+
+
+def make_fleet(
+    count: int,
+    *,
+    version: str = "4081.2.0",
+    track: str = "stable",
+    oem: str = "qemu",
+    board: str = "amd64-usr",
+    seed: int | None = 0,
+) -> list[Machine]:
+    """``count`` machines with reproducible random ids (aliases ``sim-001``...)."""
+    rng = random.Random(seed)
+    return [
+        Machine.random(rng, version=version, track=track, oem=oem, board=board, alias=f"sim-{i + 1:03d}")
+        for i in range(count)
+    ]
+
+
+def simulate(
+    url: str,
+    machines: int | Sequence[Machine] = 1,
+    *,
+    concurrency: int = 8,
+    cycles: int = 3,
+    interval: float = 0.0,
+    timeout: float = 60.0,
+    request_timeout: float = 30.0,
+    proxy: str | None = None,
+    version: str = "4081.2.0",
+    track: str = "stable",
+    oem: str = "qemu",
+    board: str = "amd64-usr",
+    first_boot: bool = False,
+    interactive: bool = False,
+    reboot_after: int = 1,
+    seed: int | None = 0,
+) -> SimulationReport:
+    """Run ``machines`` simulated update_engines against ``url`` (the ``SERVER`` value).
+
+    Each machine makes ``cycles`` scheduler ticks, ``interval`` seconds apart (the compressed
+    45 minutes; the first tick comes within one interval). At most ``concurrency`` ticks run
+    at once; ``timeout`` bounds the whole run (machines cut short are reported
+    ``unfinished``). ``proxy`` sends everything through an HTTP proxy (regular mode).
+    Returns a :class:`SimulationReport`; network trouble is reported, never raised.
+    """
+    fleet = (
+        make_fleet(machines, version=version, track=track, oem=oem, board=board, seed=seed)
+        if isinstance(machines, int)
+        else list(machines)
+    )
+    if concurrency < 1 or cycles < 0 or interval < 0 or timeout <= 0:
+        raise ValueError("need concurrency >= 1, cycles >= 0, interval >= 0, timeout > 0")
+    coro = _run(url, fleet, concurrency, cycles, interval, timeout, request_timeout, proxy,
+                first_boot, interactive, reboot_after, seed)  # fmt: skip
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as ex:  # called from async code: own loop
+        return ex.submit(asyncio.run, coro).result()
+
+
+async def _run(
+    url: str,
+    fleet: list[Machine],
+    concurrency: int,
+    cycles: int,
+    interval: float,
+    timeout: float,
+    request_timeout: float,
+    proxy: str | None,
+    first_boot: bool,
+    interactive: bool,
+    reboot_after: int,
+    seed: int | None,
+) -> SimulationReport:
+    t0 = time.monotonic()
+    http = HttpClient(proxy=proxy, timeout=request_timeout, deadline=t0 + timeout)
+    rng = random.Random(seed)
+    sims = [
+        SimulatedMachine(m, url, http, first_boot=first_boot, interactive=interactive,
+                         reboot_after=reboot_after, rng=random.Random(rng.random()), clock_start=t0)
+        for m in fleet
+    ]  # fmt: skip
+    finished = [False] * len(sims)
+    loop = asyncio.get_running_loop()
+    pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="sim")
+
+    async def life(i: int, sim: SimulatedMachine) -> None:
+        for n in range(cycles):
+            # First check within one interval (update_engine: 7 min ±5 after start), then 45 ±5 min.
+            await asyncio.sleep(
+                sim.rng.uniform(0, interval) if n == 0 else interval * sim.rng.uniform(8 / 9, 10 / 9)
+            )
+            await loop.run_in_executor(pool, sim.tick)
+        finished[i] = True
+
+    tasks = [asyncio.create_task(life(i, sim)) for i, sim in enumerate(sims)]
+    done, pending = await asyncio.wait(tasks, timeout=timeout)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if (exc := task.exception()) is not None and not isinstance(exc, DeadlineExceeded):
+            raise exc
+    pool.shutdown(wait=True, cancel_futures=True)  # running ticks stop at the deadline
+    return SimulationReport(
+        url=url,
+        proxy=proxy,
+        cycles=cycles,
+        duration=round(time.monotonic() - t0, 3),
+        machines=tuple(sim.report(finished=finished[i]) for i, sim in enumerate(sims)),
+        timed_out=bool(pending) or not all(finished),
+    )
