@@ -15,6 +15,8 @@ from collections.abc import Sequence
 # One module per command (group), in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "decode",
+    "record",
+    "replay",
 )
 
 
