@@ -17,6 +17,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "decode",
     "record",
     "replay",
+    "serve_package",
+    "simulate",
 )
 
 
