@@ -10,6 +10,8 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omaha_proxy.codec import encode, parse_request, parse_response
 from omaha_proxy.model import Manifest, Request, Response, Url
@@ -29,6 +31,7 @@ from omaha_proxy.policy import (
     parse_rollout_spec,
 )
 from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.versions import compare_versions
 from tests.conftest import sample
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # a Wednesday
@@ -363,3 +366,37 @@ def test_no_policy_forwards_and_counts_the_grant():
     decision = decide(check(), offer("4152.2.0"), PolicyState(), NOW)
     assert decision.response is None and decision.outcome == "forwarded"
     assert decision.grants == (Grant(MACHINE, "4152.2.0", NOW),)
+
+
+# ------------------------------------------------------------------------------- properties
+
+VERSIONS = st.sampled_from(["3760.2.0", "3975.2.0", "4081.2.0", "4152.2.0", "4230.0.0"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    machine=VERSIONS,
+    pin=VERSIONS,
+    upstream=st.none() | VERSIONS,
+    downgrade=st.booleans(),
+    seen=st.lists(VERSIONS, max_size=3),
+    limit=st.integers(min_value=0, max_value=2),
+)
+def test_no_update_above_the_pin_ever_goes_out_and_noupdate_is_never_an_error(
+    machine, pin, upstream, downgrade, seen, limit
+):
+    upstream_doc = NOUPDATE if upstream is None else offer(upstream)
+    st_ = state(
+        pin=pin,
+        rollout=f"max={limit}/1h",
+        allow_downgrade=downgrade,
+        offers=offers_from({v: offer(v) for v in seen}),
+    )
+    decision = decide(check(machine), upstream_doc, st_, NOW)
+    result = verdict(decision, upstream_doc)
+    assert result.kind in ("update", "noupdate")
+    if result.kind == "update":
+        assert compare_versions(result.version, pin) <= 0
+        assert result.disable_payload_backoff and limit > 0
+        if compare_versions(result.version, machine) < 0:  # the proxy itself only downgrades on opt-in
+            assert downgrade or result.version == upstream

@@ -13,9 +13,11 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.mitmdump_run import Mitmdump
 
 REPO = Path(__file__).resolve().parents[2]
 MITMWEB = Path(sys.executable).parent / "mitmweb"
@@ -32,21 +34,10 @@ def free_port() -> int:
 
 
 @dataclass
-class Mitmweb:
-    """A running mitmweb: its proxy port, its web port and what it printed."""
+class Mitmweb(Mitmdump):
+    """A running mitmweb: a :class:`Mitmdump` (proxy port, output) plus its web port."""
 
-    proc: subprocess.Popen[str]
-    web_port: int
-    port: int = 0
-    lines: list[str] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+    web_port: int = 0
 
     def api(self, method: str, path: str, payload: Any = None) -> Any:
         """Call the web API (Bearer auth, XSRF cookie + header); returns the decoded JSON body."""
@@ -69,7 +60,7 @@ def run_mitmweb(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmweb]:
     cmd += ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}"]
     cmd += ["--set", f"web_password={PASSWORD}", *args]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    web = Mitmweb(proc, web_port)
+    web = Mitmweb(proc, web_port=web_port)
     assert proc.stdout is not None
     stdout = proc.stdout
 
