@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -38,14 +39,14 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omaha_proxy.errors import PayloadError
-from omaha_proxy.payloads import CHUNK_SIZE, Expected, PayloadMismatch, Verifier
+from omaha_proxy.payloads import CHUNK_SIZE, Digest, Expected, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class PayloadCache:
         self.files.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.dir / ".lock")
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self._inflight: dict[str, Future[None]] = {}
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="omaha-cache-fetch")
         for partial in self.dir.glob("*.partial"):
@@ -209,7 +211,8 @@ class PayloadCache:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Stop accepting downloads, wait for running ones, release the directory."""
+        """Cancel downloads (their partial files are removed), release the directory."""
+        self._closing.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             self._db.close()
@@ -336,31 +339,10 @@ class PayloadCache:
 
     def _fetch_one(self, source: _Source, url: str) -> None:
         partial = self.dir / f"{source.key}.{uuid.uuid4().hex[:8]}.partial"
-        verifier = Verifier(source.expected)
-        try:
-            request = urllib.request.Request(url, headers={"User-Agent": "omaha-proxy-cache"})
-            with (
-                urllib.request.urlopen(request, timeout=self.fetch_timeout) as response,
-                open(partial, "wb") as out,
-            ):
-                try:
-                    while chunk := response.read(CHUNK_SIZE):
-                        verifier.update(chunk)
-                        out.write(chunk)
-                finally:
-                    self._count(source.key, bytes_fetched=verifier.size)
-                digest = verifier.finish()
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(partial, self.files / source.key)
-        except PayloadMismatch:
-            raise
-        except (OSError, urllib.error.URLError, ValueError) as e:
-            # HTTPError and socket timeouts are OSErrors; an HTTP status is named as such.
-            raise PayloadError(f"fetch failed after {verifier.size} bytes: {e}") from e
-        finally:
-            partial.unlink(missing_ok=True)
-        _fsync_dir(self.files)
+        digest = download_verified(
+            url, source.expected, partial, self.files / source.key, timeout=self.fetch_timeout,
+            on_bytes=lambda n: self._count(source.key, bytes_fetched=n), cancelled=self._closing.is_set,
+        )  # fmt: skip
         now = time.time()
         with self._lock:
             self._db.execute(
@@ -496,6 +478,55 @@ def _stats(db: sqlite3.Connection) -> CacheStats:
         bytes_stored=sum(p.size or 0 for p in packages if p.present),
         packages=packages,
     )
+
+
+def download_verified(
+    url: str,
+    expected: Expected,
+    partial: Path,
+    final: Path,
+    *,
+    timeout: float = FETCH_TIMEOUT,
+    on_bytes: Callable[[int], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> Digest:
+    """Stream ``url`` into ``partial`` while verifying it, then rename it to ``final``.
+
+    The file is fsynced before the atomic rename, so ``final`` is either absent or complete
+    and verified. ``partial`` is removed whatever happens. ``on_bytes`` gets the number of
+    bytes read from the upstream (also on failure); ``cancelled`` is polled between chunks.
+    Returns the digest; raises PayloadMismatch when the bytes do not match ``expected`` and
+    PayloadError when the download fails (HTTP status, connection, timeout, cancelled).
+    """
+    verifier = Verifier(expected)
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "omaha-proxy"})
+        with (
+            urllib.request.urlopen(request, timeout=timeout) as response,
+            open(partial, "wb") as out,
+        ):
+            try:
+                while chunk := response.read(CHUNK_SIZE):
+                    verifier.update(chunk)
+                    out.write(chunk)
+                    if cancelled():
+                        raise PayloadError(f"download cancelled after {verifier.size} bytes")
+            finally:
+                if on_bytes is not None:
+                    on_bytes(verifier.size)
+            digest = verifier.finish()
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(partial, final)
+    except PayloadError:
+        raise
+    except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as e:
+        # HTTPError and socket timeouts are OSErrors; an HTTP status is named as such.
+        raise PayloadError(f"fetch failed after {verifier.size} bytes: {e}") from e
+    finally:
+        partial.unlink(missing_ok=True)
+    _fsync_dir(final.parent)
+    return digest
 
 
 def _take_lock(path: Path) -> int:

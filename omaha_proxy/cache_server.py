@@ -98,6 +98,43 @@ class CacheServer:
         self.stop()
 
 
+def parse_listen(spec: str, *, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """Parse ``HOST:PORT``, ``:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (0 = any free port).
+
+    Returns ``(host, port)``, ``default_host`` when none is given. Raises ValueError naming
+    the accepted forms.
+    """
+    forms = "use HOST:PORT, :PORT, [IPv6]:PORT or PORT, with a port from 0 to 65535"
+    host, sep, port_s = spec.strip().rpartition(":")
+    if not sep:
+        host, port_s = "", spec.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        raise ValueError(f"invalid listen address {spec!r}: {forms}")
+    if not port_s.isdigit() or int(port_s) > 65535:
+        raise ValueError(f"invalid listen address {spec!r}: {forms}")
+    return host or default_host, int(port_s)
+
+
+def parse_base_url(spec: str) -> str:
+    """Check a public base URL (``http://host[:port][/path]``); return it without trailing ``/``.
+
+    Raises ValueError when it is not an absolute http(s) URL without query or fragment.
+    """
+    parts = urllib.parse.urlsplit(spec.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"invalid base URL {spec!r}: use http://HOST[:PORT][/PATH] (https when a TLS proxy is in front)"
+        )
+    return spec.strip().rstrip("/")
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL (IPv6 addresses in brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def cache_codebase(base_url: str, offer: str) -> str:
     """The codebase to give machines for ``offer``: ``<base_url>/omaha-proxy/cache/<offer>/``."""
     return base_url.rstrip("/") + CACHE_PREFIX + offer + "/"
