@@ -131,6 +131,9 @@ def test_commands_change_the_options_live(control):
     assert "block: track:beta" in out and addon.state.block is not None
     tctx.master.commands.call("omaha.unblock")
     assert addon.state.block is None
+    tctx.master.commands.call("omaha.block")  # no argument: every machine
+    assert tctx.options.omaha_block == "true"
+    tctx.master.commands.call("omaha.unblock")
     tctx.master.commands.call("omaha.pin", "stable=4081.2.0")
     assert tctx.options.omaha_pin == "stable=4081.2.0"
     tctx.master.commands.call("omaha.unpin")
