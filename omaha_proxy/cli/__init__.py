@@ -15,6 +15,7 @@ from collections.abc import Sequence
 # One module per command (group), in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "decode",
+    "addon_path",
     "record",
     "replay",
     "serve_package",

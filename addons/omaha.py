@@ -1,0 +1,1 @@
+../omaha_proxy/entry/omaha.py

@@ -1,0 +1,193 @@
+"""OmahaObserve: log every Omaha exchange to SQLite and label it in mitmproxy's UIs.
+
+Run it (with the rest of omaha-proxy) as::
+
+    mitmdump -s addons/omaha.py --mode reverse:https://public.update.flatcar-linux.net
+
+An Omaha flow is a POST whose body is an Omaha request, whatever its path. Every such flow
+is written to the log (:class:`omaha_proxy.store.Store`) once it has its final response or
+error, gets a one-line ``flow.comment`` and, when the proxy answered or rewrote it, a
+``flow.marked`` symbol. Other flows pass untouched and unlogged. A body that does not parse
+is logged raw with its error and forwarded untouched.
+
+The log is required by default: if a write fails, the error is logged and the proxy shuts
+down (``omaha_log_required=false`` keeps it running without its log).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions, http
+
+from omaha_proxy.codec import parse_response
+from omaha_proxy.errors import CodecError, StoreError
+from omaha_proxy.mitm import common
+from omaha_proxy.model import Response
+from omaha_proxy.store import Store
+from omaha_proxy.summary import describe_exchange
+
+log = logging.getLogger(__name__)
+
+# flow.marked symbols (mitmweb renders the emoji) for answers the proxy made or changed.
+MARKERS: dict[str, str] = {
+    "rewritten": ":pencil2:",
+    "blocked": ":no_entry:",
+    "held": ":hourglass:",
+    "replayed": ":repeat:",
+    "served": ":package:",
+    "cached": ":floppy_disk:",
+}
+
+
+def parse_db_path(value: str) -> Path:
+    """Validate ``omaha_db``: a file path whose directory exists. Raises ValueError."""
+    if not value.strip():
+        raise ValueError("omaha_db must be a file path, e.g. omaha.db")
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise ValueError(f"omaha_db {value!r} is a directory; give a file path, e.g. {path / 'omaha.db'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"omaha_db {value!r}: directory {str(path.parent)!r} does not exist")
+    return path
+
+
+def parse_paths(values: Sequence[str]) -> tuple[str, ...]:
+    """Validate ``omaha_paths``: path prefixes starting with ``/`` (empty: every path)."""
+    bad = [v for v in values if not v.startswith("/")]
+    if bad:
+        raise ValueError(
+            f"omaha_paths entries must be path prefixes starting with '/', e.g. /v1/update; got {bad}"
+        )
+    return tuple(values)
+
+
+class OmahaObserve:
+    """Logs Omaha exchanges, sets X-Forwarded-For, comments and marks Omaha flows."""
+
+    def __init__(self) -> None:
+        self.store: Store | None = None
+        self._paths: tuple[str, ...] = ()
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("omaha_db", str, "omaha.db", "SQLite file of the Omaha log (created if missing).")
+        loader.add_option(
+            "omaha_redact", bool, False,
+            "Store machine ids, boot ids and aliases as salted hashes (for logs you share).",
+        )  # fmt: skip
+        loader.add_option(
+            "omaha_xff", bool, True,
+            "Set X-Forwarded-For to the client's address on forwarded Omaha requests "
+            "(replacing any value the client sent), so Nebraska records the machine's IP.",
+        )  # fmt: skip
+        loader.add_option(
+            "omaha_log_required", bool, True,
+            "Shut the proxy down when the Omaha log cannot be written (false: log the error, keep going).",
+        )  # fmt: skip
+        loader.add_option(
+            "omaha_paths", Sequence[str], [],
+            "Only treat POSTs to these path prefixes as Omaha (default: any path).",
+        )  # fmt: skip
+
+    def configure(self, updated: set[str]) -> None:
+        if "omaha_paths" in updated:
+            try:
+                self._paths = parse_paths(ctx.options.omaha_paths)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
+        if "omaha_db" in updated or "omaha_redact" in updated:
+            try:
+                path = parse_db_path(ctx.options.omaha_db)
+                store = Store(path, redact=ctx.options.omaha_redact)
+            except (ValueError, StoreError) as e:
+                raise exceptions.OptionsError(str(e)) from e
+            if self.store is not None:
+                self.store.close()
+            self.store = store
+            log.info("Omaha log: %s%s", path, " (redacted)" if store.redact else "")
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ------------------------------------------------------------------ flows
+
+    def _is_omaha(self, flow: http.HTTPFlow) -> bool:
+        if self._paths and not flow.request.path.startswith(self._paths):
+            return False
+        return common.is_omaha_request(flow)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or not ctx.options.omaha_xff or not self._is_omaha(flow):
+            return
+        peer = flow.client_conn.peername
+        if peer:
+            # Nebraska trusts the first X-Forwarded-For entry: replace, never append.
+            flow.request.headers["X-Forwarded-For"] = str(peer[0])
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if self._is_omaha(flow):
+            self._record(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        if self._is_omaha(flow):
+            self._record(flow)
+
+    def _record(self, flow: http.HTTPFlow) -> None:
+        request = common.omaha_request(flow)
+        action, reason = common.action(flow), common.reason(flow)
+        body = common.response_body(flow) if flow.response is not None else None
+        response: Response | None = None
+        transport = flow.error.msg if flow.error else None
+        request_error = common.request_error(flow)
+        errors = [e for e in (request_error and f"request: {request_error}", transport) if e]
+        if body:
+            try:
+                response = parse_response(body)
+            except CodecError as e:
+                errors.append(f"response: {e}")
+        status = flow.response.status_code if flow.response is not None else None
+        flow.comment = describe_exchange(
+            request, response, action=action, reason=reason, error=errors[0] if errors else None,
+            http_status=status,
+        )  # fmt: skip
+        if action in MARKERS and not flow.marked:
+            flow.marked = MARKERS[action]
+        if self.store is None:
+            return
+        end = (
+            flow.response.timestamp_end
+            if flow.response is not None
+            else (flow.error and flow.error.timestamp)
+        )
+        start = flow.request.timestamp_start
+        peer = flow.client_conn.peername
+        try:
+            self.store.record_exchange(
+                flow_id=flow.id,
+                ts=start,
+                request_xml=common.request_body(flow),
+                response_xml=body,
+                client_ip=str(peer[0]) if peer else None,
+                http_status=status,
+                duration_ms=round((end - start) * 1000, 3) if end else None,
+                error=transport,  # the store adds the parse errors itself
+                action=action,
+                reason=reason,
+                path=flow.request.path,
+                upstream_response_xml=common.upstream_response(flow),
+                request=request,
+                response=response,
+            )
+        except StoreError as e:
+            self._log_failed(e)
+
+    def _log_failed(self, e: StoreError) -> None:
+        if ctx.options.omaha_log_required:
+            log.error("%s: shutting down (set omaha_log_required=false to run on without the log)", e)
+            ctx.master.shutdown()
+        else:
+            log.error("%s: exchange not logged", e)

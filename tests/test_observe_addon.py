@@ -1,0 +1,251 @@
+"""OmahaObserve in a real mitmproxy context (taddons), with tflow flows carrying the samples."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mitmproxy import exceptions, http
+from mitmproxy.test import taddons, tflow, tutils
+
+from omaha_proxy.codec import parse_response
+from omaha_proxy.mitm import common
+from omaha_proxy.mitm.observe import OmahaObserve, parse_db_path, parse_paths
+from omaha_proxy.store import Store
+from tests.conftest import REPO, sample
+
+CHECK = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")
+HASH_MISMATCH = sample(
+    "flatcar-update_engine-0.4.10__request_09_event_error_hash_mismatch_nonprod_server.RECONSTRUCTED.xml"
+)
+OFFER = sample("nebraska-shape__updatecheck_update_ok.GENERATED.xml")
+NOUPDATE = sample("nebraska-shape__updatecheck_noupdate.GENERATED.xml")
+ACK = sample("nebraska-shape__event_ack.GENERATED.xml")
+MACHINE = "5d2b0c9e8f7a4b1c9e3d6f8a0b2c4d6e"
+
+
+def omaha_flow(body: bytes, *, method: bytes = b"POST", path: bytes = b"/v1/update/") -> http.HTTPFlow:
+    req = tutils.treq(
+        method=method, path=path, content=body, headers=http.Headers(content_type="text/xml"),
+        host="public.update.flatcar-linux.net", port=443, scheme=b"https",
+    )  # fmt: skip
+    return tflow.tflow(req=req)
+
+
+def upstream_answer(flow: http.HTTPFlow, body: bytes) -> None:
+    flow.response = http.Response.make(200, body, {"Content-Type": "text/xml"})
+    flow.response.timestamp_end = flow.request.timestamp_start + 1
+
+
+@pytest.fixture
+def observe(tmp_path: Path) -> Iterator[tuple[OmahaObserve, taddons.context]]:
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"))
+        yield addon, tctx
+    addon.done()
+
+
+def run(addon: OmahaObserve, flow: http.HTTPFlow, response: bytes | None = ACK) -> None:
+    """The hooks mitmproxy calls for one flow; the upstream answers ``response`` unless an
+    addon already answered or the flow has an error."""
+    addon.request(flow)
+    if flow.error is not None:
+        addon.error(flow)
+        return
+    if flow.response is None and response is not None:
+        upstream_answer(flow, response)
+    addon.response(flow)
+
+
+def test_update_check_is_logged_commented_and_forwarded_with_x_forwarded_for(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(CHECK)
+    flow.request.headers["X-Forwarded-For"] = "6.6.6.6, 7.7.7.7"  # spoofed by the client
+    run(addon, flow, OFFER)
+    assert flow.request.headers.get_all("X-Forwarded-For") == ["127.0.0.1"]
+    assert flow.request.content == CHECK
+    assert flow.comment == "updatecheck 4081.2.0 stable → ok 4081.2.0"
+    assert not flow.marked
+    [ex] = addon.store.recent(5)
+    assert (ex["flow_id"], ex["machine_id"], ex["client_ip"], ex["action"]) == (
+        flow.id,
+        MACHINE,
+        "127.0.0.1",
+        "forwarded",
+    )
+    assert (ex["request_xml"], ex["response_xml"], ex["duration_ms"]) == (CHECK, OFFER, 1000.0)
+    assert addon.store.instance(MACHINE)["state_label"] == "UpdateGranted"
+
+
+def test_error_event_comment_names_the_error(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(HASH_MISMATCH)
+    run(addon, flow)
+    assert "PayloadHashMismatch" in flow.comment and "non-production-server" in flow.comment
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [(b"GET", b""), (b"POST", b'{"json": true}'), (b"POST", OFFER), (b"GET", CHECK), (b"POST", b"")],
+    ids=["get", "json", "omaha-response-posted", "get-with-omaha-body", "empty-post"],
+)
+def test_non_omaha_flows_pass_untouched_and_unlogged(observe, method: bytes, body: bytes) -> None:
+    addon, _ = observe
+    flow = omaha_flow(body, method=method)
+    flow.request.headers["X-Forwarded-For"] = "6.6.6.6"
+    run(addon, flow, b"hello")
+    assert flow.request.headers["X-Forwarded-For"] == "6.6.6.6"
+    assert flow.comment == "" and addon.store.count() == 0
+
+
+def test_malformed_request_is_logged_with_its_error_and_forwarded_untouched(observe) -> None:
+    addon, _ = observe
+    # update_engine does not escape '"' in MACHINE_ALIAS
+    broken = CHECK.replace(b'machinealias=""', b'machinealias="my "box""')
+    flow = omaha_flow(broken)
+    run(addon, flow, b"")
+    assert flow.request.content == broken
+    assert flow.request.headers["X-Forwarded-For"] == "127.0.0.1"
+    [ex] = addon.store.recent(1)
+    assert ex["request_xml"] == broken and ex["error"].startswith("request: not well-formed XML")
+    assert flow.comment.startswith("unparsed request → HTTP 200 ! request: not well-formed XML")
+
+
+def test_the_request_path_does_not_matter_unless_omaha_paths_is_set(observe) -> None:
+    addon, tctx = observe
+    run(addon, omaha_flow(CHECK, path=b"/anything/else?x=1"))
+    assert addon.store.count() == 1
+    tctx.configure(addon, omaha_paths=["/v1/update"])
+    run(addon, omaha_flow(CHECK, path=b"/anything/else"))
+    run(addon, omaha_flow(CHECK, path=b"/v1/update/"))
+    assert addon.store.count() == 2
+
+
+def test_transport_errors_are_logged(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(CHECK)
+    flow.error = tflow.terr("server disconnected")
+    run(addon, flow)
+    [ex] = addon.store.recent(1)
+    assert (ex["http_status"], ex["error"]) == (None, "server disconnected")
+    assert flow.comment == "updatecheck 4081.2.0 stable → no response ! server disconnected"
+
+
+def test_synthetic_answers_are_logged_with_their_action_and_marked(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(CHECK)
+    common.answer(flow, parse_response(NOUPDATE), "blocked", "updates paused")  # an earlier addon
+    run(addon, flow)
+    assert flow.response.status_code == 200 and flow.response.headers["Content-Type"] == "text/xml"
+    assert "X-Forwarded-For" not in flow.request.headers  # never went upstream
+    assert flow.marked == ":no_entry:"
+    assert flow.comment.endswith("→ noupdate [blocked: updates paused]")
+    [ex] = addon.store.recent(1)
+    assert (ex["action"], ex["reason"]) == ("blocked", "updates paused")
+
+
+def test_rewritten_responses_keep_the_upstream_original(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(CHECK)
+    addon.request(flow)
+    upstream_answer(flow, OFFER)
+    common.keep_upstream_response(flow)
+    flow.response.content = NOUPDATE
+    common.set_action(flow, "rewritten", "pinned to 4000")
+    addon.response(flow)
+    assert flow.marked == ":pencil2:"
+    assert addon.store.latest_offer() == OFFER
+    assert addon.store.recent(1)[0]["response_xml"] == NOUPDATE
+
+
+def test_redact_option_hashes_machine_ids(observe) -> None:
+    addon, tctx = observe
+    tctx.configure(addon, omaha_redact=True)
+    run(addon, omaha_flow(CHECK))
+    [ex] = addon.store.recent(1)
+    assert ex["machine_id"] != MACHINE and MACHINE.encode() not in ex["request_xml"]
+
+
+def test_omaha_xff_false_leaves_the_header_alone(observe) -> None:
+    addon, tctx = observe
+    tctx.configure(addon, omaha_xff=False)
+    flow = omaha_flow(CHECK)
+    run(addon, flow)
+    assert "X-Forwarded-For" not in flow.request.headers
+
+
+async def test_a_failed_log_write_shuts_the_proxy_down_unless_opted_out(tmp_path: Path, caplog) -> None:
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:  # on the test's running loop: shutdown() is scheduled there
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"))
+        addon.store.db.conn.execute("DROP TABLE events")
+        run(addon, omaha_flow(HASH_MISMATCH))
+        await asyncio.sleep(0)
+        assert tctx.master.should_exit.is_set()
+        assert "cannot write to the Omaha log" in caplog.text and "shutting down" in caplog.text
+        tctx.master.should_exit.clear()
+        tctx.configure(addon, omaha_log_required=False)
+        flow = omaha_flow(HASH_MISMATCH)
+        run(addon, flow)
+        await asyncio.sleep(0)
+        assert not tctx.master.should_exit.is_set()
+        assert flow.response.content == ACK  # traffic is never blocked by the log
+        addon.done()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("omaha_db", "/nonexistent/dir/omaha.db", "does not exist"),
+        ("omaha_db", "", "must be a file path"),
+        ("omaha_paths", ["v1/update"], "starting with '/'"),
+    ],
+)
+def test_bad_options_are_refused_with_a_message_naming_valid_values(observe, option, value, message) -> None:
+    addon, tctx = observe
+    with pytest.raises(exceptions.OptionsError, match=message):
+        tctx.configure(addon, **{option: value})
+
+
+def test_option_parsers() -> None:
+    assert parse_paths(["/v1/update", "/"]) == ("/v1/update", "/")
+    assert parse_db_path("x.db") == Path("x.db")
+    with pytest.raises(ValueError, match="directory"):
+        parse_db_path(str(REPO))
+
+
+def test_changing_omaha_db_moves_the_log(observe, tmp_path: Path) -> None:
+    addon, tctx = observe
+    tctx.configure(addon, omaha_db=str(tmp_path / "other.db"))
+    run(addon, omaha_flow(CHECK))
+    with Store(tmp_path / "other.db") as other:
+        assert other.count() == 1
+
+
+def test_common_parses_each_request_once_and_validates_actions() -> None:
+    flow = omaha_flow(CHECK)
+    assert common.is_omaha_request(flow)
+    first = common.omaha_request(flow)
+    assert first is common.omaha_request(flow) and first.apps[0].machineid == MACHINE
+    flow.request.content = HASH_MISMATCH  # another addon rewrote the body: parse again
+    assert common.omaha_request(flow).apps[0].events[0].errorcode == 268435466
+    with pytest.raises(ValueError, match="valid: forwarded, rewritten"):
+        common.set_action(flow, "eaten")
+    assert not common.is_answered(flow)
+    common.set_action(flow, "replayed", "recording r1")
+    assert common.is_answered(flow) and common.reason(flow) == "recording r1"
+
+
+def test_entry_script_loads_the_observer_and_the_contentview(tmp_path: Path) -> None:
+    from mitmproxy import contentviews
+
+    with taddons.context() as tctx:
+        module = tctx.script(str(REPO / "addons" / "omaha.py"))
+        assert [type(a).__name__ for a in module.addons][-1] == "OmahaObserve"
+        assert "omaha" in contentviews.registry
+        for addon in module.addons:
+            if hasattr(addon, "done"):
+                addon.done()
