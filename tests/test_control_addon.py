@@ -10,10 +10,11 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from omaha_proxy.codec import encode, parse_response
 from omaha_proxy.mitm.common import META_UPSTREAM, action, reason
-from omaha_proxy.mitm.control import OmahaControl
+from omaha_proxy.mitm.control import OPTIONS, OmahaControl
 from omaha_proxy.model import Response
 from omaha_proxy.store import Store
 from omaha_proxy.verdict import update_engine_verdict
+from tests.conftest import REPO
 from tests.test_policy import NOUPDATE, check, offer
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
@@ -193,3 +194,11 @@ def test_rollout_counts_grants_from_the_log_after_a_restart(tmp_path):
         third = flow_for(encode(check(machine=f"{2:032x}")), offer("4152.2.0"))
         addon.response(third)
         assert sent(third).kind == "noupdate" and action(third) == "held"
+
+
+def test_readme_documents_every_control_option_and_command():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("<!-- section:control -->") : readme.index("<!-- /section:control -->")]
+    commands = ("omaha.block", "omaha.unblock", "omaha.pin", "omaha.unpin", "omaha.rollout", "omaha.status")
+    missing = [name for name in (*OPTIONS, *commands) if f"`{name}" not in section]
+    assert not missing
