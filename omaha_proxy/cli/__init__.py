@@ -16,6 +16,8 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "decode",
     "addon_path",
+    "fleet",
+    "log",
     "record",
     "replay",
     "serve_package",
