@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -46,10 +47,14 @@ class Mitmdump:
 
 @contextlib.contextmanager
 def run_mitmdump(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmdump]:
-    """Start mitmdump with the omaha addons and ``args``; stop it with SIGINT on exit."""
+    """Start mitmdump with the omaha addons and ``args``; stop it with SIGINT on exit.
+
+    The Omaha log goes to a temporary directory unless ``args`` set ``omaha_db``.
+    """
+    scratch = tempfile.TemporaryDirectory(prefix="omaha-mitmdump-")
     cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(REPO / "addons/omaha.py")]
-    cmd += ["--set", "flow_detail=0", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd += ["--set", "flow_detail=0", "--set", f"omaha_db={scratch.name}/omaha.db", *args]
+    proc = subprocess.Popen(cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     md = Mitmdump(proc)
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -77,3 +82,4 @@ def run_mitmdump(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmdump
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        scratch.cleanup()
