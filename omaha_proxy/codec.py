@@ -144,15 +144,16 @@ def _int(value: str, name: str, el: Any) -> int:
         ) from None
 
 
-
-
 class _Spec:
     """Per-class decoding table derived from the model's ``_ATTRS``."""
 
-    __slots__ = ("ints", "names", "rename")
+    __slots__ = ("absent", "ints", "names", "rename")
 
     def __init__(self, cls: type) -> None:
         attrs = cls._ATTRS  # type: ignore[attr-defined]
+        # Attributes whose model default is not None (Ack.status="ok", Request.protocol="3.0")
+        # must decode to None when absent, not to the default.
+        self.absent = {f: None for f, _, _ in attrs if getattr(cls, f, None) is not None}
         self.names = frozenset(xml for _, xml, _ in attrs)
         self.rename = {xml: field for field, xml, _ in attrs if field != xml}
         self.ints = tuple((xml, field) for field, xml, is_int in attrs if is_int)
@@ -176,9 +177,9 @@ def _make[T](cls: type[T], kw: dict[str, Any]) -> T:
 def _attrs(el: Any, cls: type) -> dict[str, Any]:
     """Return the model fields of an element's attributes; unknown ones go to ``extra``."""
     items = el.items()
-    if not items:
-        return {}
     spec = _SPECS[cls]
+    if not items:
+        return dict(spec.absent)
     kw = dict(items)
     if not spec.names.issuperset(kw):
         kw = {}
@@ -195,9 +196,11 @@ def _attrs(el: Any, cls: type) -> dict[str, Any]:
             if value is not None:
                 kw[field] = _int(value, xml, el)
     if spec.rename:
-        for xml, field in spec.rename.items():
-            if xml in kw:
-                kw[field] = kw.pop(xml)
+        rename = spec.rename
+        kw = {rename.get(k, k): v for k, v in kw.items()}  # keeps document order
+    if spec.absent:
+        for field in spec.absent:
+            kw.setdefault(field, None)
     return kw
 
 
@@ -286,7 +289,6 @@ def parse_request(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Request:
     root = _parse_xml(data, max_size)
     _check_root(root, "request")
     kw = _attrs(root, Request)
-    kw.setdefault("protocol", None)
     apps: list[AppRequest] = []
     unknown: list[XmlElement] = []
     for child in root:
@@ -384,7 +386,6 @@ def parse_response(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Response
     root = _parse_xml(data, max_size)
     _check_root(root, "response")
     kw = _attrs(root, Response)
-    kw.setdefault("protocol", None)
     apps: list[AppResponse] = []
     unknown: list[XmlElement] = []
     for child in root:
@@ -453,37 +454,57 @@ class _Writer:
         self.indent = indent
         self.depth = 0
 
-    def _nl(self) -> None:
+    def open(self, tag: str, attrs: str) -> None:
         if self.indent is not None and self.out:
             self.out.append("\n" + self.indent * self.depth)
-
-    def open(self, tag: str, attrs: str) -> None:
-        self._nl()
         self.out.append(f"<{tag}{attrs}>")
         self.depth += 1
 
     def close(self, tag: str, had_children: bool) -> None:
         self.depth -= 1
-        if had_children:
-            self._nl()
+        if had_children and self.indent is not None:
+            self.out.append("\n" + self.indent * self.depth)
         self.out.append(f"</{tag}>")
 
     def empty(self, tag: str, attrs: str, text: str | None = None) -> None:
         # Never self-closing: update_engine/ue-rs/Nebraska all accept <x></x>; go-omaha writes it.
-        self._nl()
-        body = _esc_text(text) if text else ""
-        self.out.append(f"<{tag}{attrs}>{body}</{tag}>")
+        if self.indent is not None and self.out:
+            self.out.append("\n" + self.indent * self.depth)
+        if text:
+            self.out.append(f"<{tag}{attrs}>{_esc_text(text)}</{tag}>")
+        else:
+            self.out.append(f"<{tag}{attrs}></{tag}>")
+
+
+_XML_NAMES: dict[type, dict[str, str]] = {}
 
 
 def _model_attrs(obj: Any) -> str:
-    parts = []
-    for field, xml, _ in obj._ATTRS:
-        value = getattr(obj, field)
-        if value is not None:
-            parts.append(f' {xml}="{_esc_attr(str(value))}"')
-    if obj.extra:
-        parts.append(_extra_attrs(obj.extra))
-    return "".join(parts)
+    """The element's attributes as ` name="value"` text.
+
+    Walks the instance's own fields: a decoded object holds only the attributes that were
+    present, in document order (so the original order survives a round trip); an object
+    built in code holds every field, in declaration order, which is the model's order.
+    """
+    cls = type(obj)
+    names = _XML_NAMES.get(cls)
+    if names is None:
+        names = _XML_NAMES[cls] = {field: xml for field, xml, _ in cls._ATTRS}
+    out = ""
+    for field, value in obj.__dict__.items():
+        if value is None:
+            continue
+        xml = names.get(field)
+        if xml is None:
+            continue
+        if type(value) is str:
+            if _ATTR_ESCAPE.search(value) is not None:
+                value = _esc_attr(value)
+        out += f' {xml}="{value}"'
+    extra = obj.extra
+    if extra:
+        out += _extra_attrs(extra)
+    return out
 
 
 def _extra_attrs(pairs: tuple[tuple[str, str], ...]) -> str:
@@ -507,24 +528,27 @@ def _write_unknown(w: _Writer, el: XmlElement) -> None:
     if not el.children:
         w.empty(tag, attrs, el.text)
         return
-    w.open(tag, attrs)
-    if el.text:
-        w.out.append(_esc_text(el.text))
-    for child in el.children:
-        _write_unknown(w, child)
-    w.close(tag, True)
+    _write_mixed(w, tag, attrs, el.text, el.children)
 
 
 def _write_leaf(w: _Writer, tag: str, obj: Any, text: str | None = None) -> None:
     if not obj.unknown:
         w.empty(tag, _model_attrs(obj), text)
         return
-    w.open(tag, _model_attrs(obj))
+    _write_mixed(w, tag, _model_attrs(obj), text, obj.unknown)
+
+
+def _write_mixed(w: _Writer, tag: str, attrs: str, text: str | None, children: Any) -> None:
+    w.open(tag, attrs)
+    indent = w.indent
     if text:
+        # Mixed content: indenting the children would change the text on the way back.
         w.out.append(_esc_text(text))
-    for el in obj.unknown:
-        _write_unknown(w, el)
-    w.close(tag, True)
+        w.indent = None
+    for child in children:
+        _write_unknown(w, child)
+    w.indent = indent
+    w.close(tag, not text)
 
 
 def _write_children(w: _Writer, tag: str, attrs: str, children: list[tuple[str, Any]], unknown: Any) -> None:
