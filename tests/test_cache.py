@@ -260,3 +260,23 @@ def test_a_failed_verification_gets_404_from_the_cache_server(tmp_path, release)
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(cache_codebase(server.url, offer) + MAIN, timeout=10)
         assert info.value.code == 404
+
+
+def test_the_cache_command_prints_per_package_hits_and_bytes_saved(tmp_path, release, capsys):
+    from omaha_proxy.cli import main
+
+    files, expected, data = release
+    with CountingUpstream(files) as up, PayloadCache(tmp_path / "c", 1 << 30) as cache:
+        offer = cache.register_offer("4152.2.0", [up.codebase], expected)
+        cache.open_package(offer, MAIN)
+        cache.open_package(offer, MAIN)
+        cache.record_served(offer, MAIN, 3 * len(data[MAIN]))
+        assert main(["cache", "--dir", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith(MAIN))
+    assert line.split()[1:4] == ["4152.2.0", "293.0", "KiB"]
+    assert "585.9 KiB" in line  # saved: served three times, fetched once
+    assert "1 hits, 1 misses" in out
+    assert main(["cache", "--dir", str(tmp_path / "c"), "--json"]) == 0
+    assert '"bytes_saved": 600000' in capsys.readouterr().out
+    assert main(["cache", "--dir", str(tmp_path / "nothing")]) == 1

@@ -22,6 +22,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "replay",
     "serve_package",
     "simulate",
+    "cache",
+    "bundle",
+    "proxy",
+    "demo",
 )
 
 
