@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from omaha_proxy.simulator import SimulationReport, simulate
+from omaha_proxy.simulator import format_report, simulate
 
 
 def register(subparsers: Any) -> None:
@@ -56,23 +56,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for machine ids and timing fuzz (default 0)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run)
-
-
-def format_report(report: SimulationReport) -> str:
-    """The per-machine table plus a summary line."""
-    rows = [("MACHINE", "ALIAS", "FROM", "TO", "OUTCOME", "REQS", "ERRORS")]
-    for m in report.machines:
-        rows.append((m.machine_id[:12], m.alias, m.start_version, m.version, m.outcome, str(len(m.steps)),
-                     ",".join(str(c) for c in m.error_codes) or "-"))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.summary().items()))
-    rate = report.requests / report.duration if report.duration else 0.0
-    lines.append(
-        f"{len(report.machines)} machines: {counts}; {report.requests} requests in {report.duration:.2f}s "
-        f"({rate:.0f}/s){'; TIMED OUT' if report.timed_out else ''}"
-    )
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
