@@ -92,7 +92,7 @@ def _parse_xml(data: bytes, max_size: int) -> Any:
         raise CodecError(f"not well-formed XML: {message}", line=line, column=column) from e
     except (ValueError, TypeError) as e:
         raise CodecError(f"cannot parse body: {e}") from e
-    if data[:1] != b"<" and root.getroottree().docinfo.doctype:
+    if data[:1] != b"<" and getattr(root.getroottree().docinfo, "doctype", None):
         # Other encodings (UTF-16...) escape the byte check above.
         raise CodecError("document has a DOCTYPE; Omaha documents never do (refused for safety)")
     return root
