@@ -362,6 +362,7 @@ def dump(recording: Recording, path: str | os.PathLike[str]) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dumps(recording))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a recording is meant to be shared
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
