@@ -5,6 +5,8 @@ have one), entities are never resolved, nothing is loaded from the network, and 
 ``max_size`` are refused before parsing. Every error is a :class:`CodecError` with the
 line and column libxml2 reports.
 
+The encoder lives in :mod:`omaha_proxy.encoder`; ``encode`` is re-exported here.
+
 Nothing is lost: attributes the model does not name go to ``extra`` and unknown child
 elements to ``unknown`` (both in document order), so ``encode(parse(x))`` keeps every
 element, attribute and value of ``x``. Known attributes are written in the model's order
@@ -19,6 +21,7 @@ from typing import Any, Literal
 
 from lxml import etree
 
+from omaha_proxy.encoder import XML_DECLARATION, encode
 from omaha_proxy.errors import CodecError
 from omaha_proxy.model import (
     Ack,
@@ -43,7 +46,6 @@ from omaha_proxy.model import (
 )
 
 DEFAULT_MAX_SIZE = 1 << 20  # 1 MiB; Nebraska caps requests at 64 KiB, real bodies are < 4 KiB
-XML_DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 
 _local = threading.local()
 
@@ -409,267 +411,12 @@ def parse(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Document:
     return parse_request(data, max_size=max_size)
 
 
-# ------------------------------------------------------------------------------ encoding
-
-_ATTR_ESCAPE = re.compile(r'[&<>"\t\n\r]')
-_TEXT_ESCAPE = re.compile(r"[&<>\r]")
-_ATTR_TABLE = {
-    "&": "&amp;",
-    "<": "&lt;",
-    ">": "&gt;",
-    '"': "&quot;",
-    "\t": "&#9;",
-    "\n": "&#10;",
-    "\r": "&#13;",
-}
-_TEXT_TABLE = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "\r": "&#13;"}
-
-
-def _esc_attr(value: str) -> str:
-    if _ATTR_ESCAPE.search(value) is None:
-        return value
-    return _ATTR_ESCAPE.sub(lambda m: _ATTR_TABLE[m.group()], value)
-
-
-def _esc_text(value: str) -> str:
-    if _TEXT_ESCAPE.search(value) is None:
-        return value
-    return _TEXT_ESCAPE.sub(lambda m: _TEXT_TABLE[m.group()], value)
-
-
-def _split_clark(name: str) -> tuple[str | None, str]:
-    if name[0] == "{":
-        uri, _, local = name[1:].partition("}")
-        return uri, local
-    return None, name
-
-
-class _Writer:
-    """Accumulates the document; ``indent`` None means compact (Nebraska's shape)."""
-
-    __slots__ = ("depth", "indent", "out")
-
-    def __init__(self, indent: str | None) -> None:
-        self.out: list[str] = []
-        self.indent = indent
-        self.depth = 0
-
-    def open(self, tag: str, attrs: str) -> None:
-        if self.indent is not None and self.out:
-            self.out.append("\n" + self.indent * self.depth)
-        self.out.append(f"<{tag}{attrs}>")
-        self.depth += 1
-
-    def close(self, tag: str, had_children: bool) -> None:
-        self.depth -= 1
-        if had_children and self.indent is not None:
-            self.out.append("\n" + self.indent * self.depth)
-        self.out.append(f"</{tag}>")
-
-    def empty(self, tag: str, attrs: str, text: str | None = None) -> None:
-        # Never self-closing: update_engine/ue-rs/Nebraska all accept <x></x>; go-omaha writes it.
-        if self.indent is not None and self.out:
-            self.out.append("\n" + self.indent * self.depth)
-        if text:
-            self.out.append(f"<{tag}{attrs}>{_esc_text(text)}</{tag}>")
-        else:
-            self.out.append(f"<{tag}{attrs}></{tag}>")
-
-
-_XML_NAMES: dict[type, dict[str, str]] = {}
-
-
-def _model_attrs(obj: Any) -> str:
-    """The element's attributes as ` name="value"` text.
-
-    Walks the instance's own fields: a decoded object holds only the attributes that were
-    present, in document order (so the original order survives a round trip); an object
-    built in code holds every field, in declaration order, which is the model's order.
-    """
-    cls = type(obj)
-    names = _XML_NAMES.get(cls)
-    if names is None:
-        names = _XML_NAMES[cls] = {field: xml for field, xml, _ in cls._ATTRS}
-    out = ""
-    for field, value in obj.__dict__.items():
-        if value is None:
-            continue
-        xml = names.get(field)
-        if xml is None:
-            continue
-        if type(value) is str:
-            if _ATTR_ESCAPE.search(value) is not None:
-                value = _esc_attr(value)
-        out += f' {xml}="{value}"'
-    extra = obj.extra
-    if extra:
-        out += _extra_attrs(extra)
-    return out
-
-
-def _extra_attrs(pairs: tuple[tuple[str, str], ...]) -> str:
-    parts = []
-    declared: dict[str, str] = {}
-    for key, value in pairs:
-        uri, local = _split_clark(key)
-        if uri is not None:
-            prefix = declared.get(uri)
-            if prefix is None:
-                prefix = declared[uri] = f"ns{len(declared)}"
-                parts.append(f' xmlns:{prefix}="{_esc_attr(uri)}"')
-            key = f"{prefix}:{local}"
-        parts.append(f' {key}="{_esc_attr(value)}"')
-    return "".join(parts)
-
-
-def _write_unknown(w: _Writer, el: XmlElement) -> None:
-    uri, tag = _split_clark(el.tag)
-    attrs = (f' xmlns="{_esc_attr(uri)}"' if uri is not None else "") + _extra_attrs(el.attrs)
-    if not el.children:
-        w.empty(tag, attrs, el.text)
-        return
-    _write_mixed(w, tag, attrs, el.text, el.children)
-
-
-def _write_leaf(w: _Writer, tag: str, obj: Any, text: str | None = None) -> None:
-    if not obj.unknown:
-        w.empty(tag, _model_attrs(obj), text)
-        return
-    _write_mixed(w, tag, _model_attrs(obj), text, obj.unknown)
-
-
-def _write_mixed(w: _Writer, tag: str, attrs: str, text: str | None, children: Any) -> None:
-    w.open(tag, attrs)
-    indent = w.indent
-    if text:
-        # Mixed content: indenting the children would change the text on the way back.
-        w.out.append(_esc_text(text))
-        w.indent = None
-    for child in children:
-        _write_unknown(w, child)
-    w.indent = indent
-    w.close(tag, not text)
-
-
-def _write_children(w: _Writer, tag: str, attrs: str, children: list[tuple[str, Any]], unknown: Any) -> None:
-    if not children and not unknown:
-        w.empty(tag, attrs)
-        return
-    w.open(tag, attrs)
-    for child_tag, child in children:
-        if child_tag == "data":
-            _write_leaf(w, "data", child, child.text)
-        else:
-            _write_leaf(w, child_tag, child)
-    for el in unknown:
-        _write_unknown(w, el)
-    w.close(tag, True)
-
-
-def _write_wrapper(w: _Writer, tag: str, item: str, items: tuple[Any, ...]) -> None:
-    if not items:
-        w.empty(tag, "")
-        return
-    w.open(tag, "")
-    for obj in items:
-        _write_leaf(w, item, obj)
-    w.close(tag, True)
-
-
-def _write_app_request(w: _Writer, app: AppRequest) -> None:
-    children: list[tuple[str, Any]] = []
-    if app.ping is not None:
-        children.append(("ping", app.ping))
-    if app.updatecheck is not None:
-        children.append(("updatecheck", app.updatecheck))
-    children.extend(("event", e) for e in app.events)
-    children.extend(("data", d) for d in app.data)
-    _write_children(w, "app", _model_attrs(app), children, app.unknown)
-
-
-def _write_request(w: _Writer, req: Request) -> None:
-    w.open("request", _model_attrs(req))
-    if req.hw is not None:
-        _write_leaf(w, "hw", req.hw)
-    if req.os is not None:
-        _write_leaf(w, "os", req.os)
-    for app in req.apps:
-        _write_app_request(w, app)
-    for el in req.unknown:
-        _write_unknown(w, el)
-    w.close("request", bool(req.hw or req.os or req.apps or req.unknown))
-
-
-def _write_manifest(w: _Writer, m: Manifest) -> None:
-    w.open("manifest", _model_attrs(m))
-    if m.packages is not None:
-        _write_wrapper(w, "packages", "package", m.packages)
-    if m.actions is not None:
-        _write_wrapper(w, "actions", "action", m.actions)
-    for el in m.unknown:
-        _write_unknown(w, el)
-    w.close("manifest", m.packages is not None or m.actions is not None or bool(m.unknown))
-
-
-def _write_updatecheck(w: _Writer, uc: UpdateCheckResponse) -> None:
-    if uc.urls is None and not uc.manifests and not uc.unknown:
-        w.empty("updatecheck", _model_attrs(uc))
-        return
-    w.open("updatecheck", _model_attrs(uc))
-    if uc.urls is not None:
-        _write_wrapper(w, "urls", "url", uc.urls)
-    for m in uc.manifests:
-        _write_manifest(w, m)
-    for el in uc.unknown:
-        _write_unknown(w, el)
-    w.close("updatecheck", True)
-
-
-def _write_app_response(w: _Writer, app: AppResponse) -> None:
-    attrs = _model_attrs(app)
-    if app.ping is None and app.updatecheck is None and not app.events and not app.data and not app.unknown:
-        w.empty("app", attrs)
-        return
-    w.open("app", attrs)
-    if app.ping is not None:
-        _write_leaf(w, "ping", app.ping)
-    if app.updatecheck is not None:
-        _write_updatecheck(w, app.updatecheck)
-    for e in app.events:
-        _write_leaf(w, "event", e)
-    for d in app.data:
-        _write_leaf(w, "data", d, d.text)
-    for el in app.unknown:
-        _write_unknown(w, el)
-    w.close("app", True)
-
-
-def _write_response(w: _Writer, resp: Response) -> None:
-    w.open("response", _model_attrs(resp))
-    if resp.daystart is not None:
-        _write_leaf(w, "daystart", resp.daystart)
-    for app in resp.apps:
-        _write_app_response(w, app)
-    for el in resp.unknown:
-        _write_unknown(w, el)
-    w.close("response", bool(resp.daystart or resp.apps or resp.unknown))
-
-
-def encode(doc: Document, *, indent: bool | str = False) -> bytes:
-    """Encode a :class:`Request` or :class:`Response` to UTF-8 bytes.
-
-    Writes the XML declaration, no namespaces, no self-closing tags. Compact by default
-    (Nebraska's shape); ``indent=True`` indents by two spaces (or by the given string).
-    Returns the bytes; raises :class:`CodecError` for anything that is not a document.
-    """
-    w = _Writer("  " if indent is True else (indent or None))
-    if isinstance(doc, Request):
-        _write_request(w, doc)
-    elif isinstance(doc, Response):
-        _write_response(w, doc)
-    else:
-        raise CodecError(f"cannot encode {type(doc).__name__}: expected Request or Response")
-    body = "".join(w.out)
-    if w.indent is not None:
-        body += "\n"
-    return XML_DECLARATION + body.encode("utf-8")
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "XML_DECLARATION",
+    "encode",
+    "parse",
+    "parse_request",
+    "parse_response",
+    "sniff",
+]
