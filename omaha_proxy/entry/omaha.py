@@ -7,10 +7,11 @@
 """
 
 from omaha_proxy.mitm import contentview  # noqa: F401  (importing registers the Omaha view)
+from omaha_proxy.mitm.cache import OmahaCache
 from omaha_proxy.mitm.control import OmahaControl
 from omaha_proxy.mitm.observe import OmahaObserve
 from omaha_proxy.mitm.replay import OmahaReplay
 
 # Addons that answer before the upstream come first; the logger comes last so that it sees
 # the final response.
-addons = [OmahaReplay(), OmahaControl(), OmahaObserve()]
+addons = [OmahaReplay(), OmahaControl(), OmahaCache(), OmahaObserve()]

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,8 +53,13 @@ def run_mitmdump(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmdump
     """
     scratch = tempfile.TemporaryDirectory(prefix="omaha-mitmdump-")
     cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(REPO / "addons/omaha.py")]
-    cmd += ["--set", "flow_detail=0", "--set", f"omaha_db={scratch.name}/omaha.db", *args]
-    proc = subprocess.Popen(cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd += ["--set", "flow_detail=0"]
+    if not any(a.startswith("omaha_db=") for a in args):  # a repeated --set breaks every --set
+        cmd += ["--set", f"omaha_db={scratch.name}/omaha.db"]
+    cmd += args
+    proc = subprocess.Popen(
+        cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     md = Mitmdump(proc)
     assert proc.stdout is not None
     stdout = proc.stdout
