@@ -46,20 +46,29 @@ class Mitmdump:
 
 
 @contextlib.contextmanager
-def run_mitmdump(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmdump]:
+def run_mitmdump(
+    *args: str,
+    startup_timeout: float = 20.0,
+    addons: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Mitmdump]:
     """Start mitmdump with the omaha addons and ``args``; stop it with SIGINT on exit.
 
     The Omaha log goes to a temporary directory unless ``args`` set ``omaha_db``.
+    ``addons=False`` runs bare mitmdump (the benchmarks' baseline); ``preexec_fn`` runs in
+    the child before exec (e.g. to set a resource limit).
     """
     scratch = tempfile.TemporaryDirectory(prefix="omaha-mitmdump-")
-    cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(REPO / "addons/omaha.py")]
-    cmd += ["--set", "flow_detail=0"]
-    if not any(a.startswith("omaha_db=") for a in args):  # a repeated --set breaks every --set
-        cmd += ["--set", f"omaha_db={scratch.name}/omaha.db"]
+    cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "--set", "flow_detail=0"]
+    if addons:
+        cmd += ["-s", str(REPO / "addons/omaha.py")]
+        if not any(a.startswith("omaha_db=") for a in args):  # a repeated --set breaks every --set
+            cmd += ["--set", f"omaha_db={scratch.name}/omaha.db"]
     cmd += args
     proc = subprocess.Popen(
-        cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
     md = Mitmdump(proc)
     assert proc.stdout is not None
     stdout = proc.stdout
