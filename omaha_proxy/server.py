@@ -146,6 +146,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
+    timeout = 120  # seconds a socket may stay silent (idle keep-alive, stalled client)
     server_version = "omaha-proxy"
     sys_version = ""
 
