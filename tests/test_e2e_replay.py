@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import socket
-import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from omaha_proxy import recording
+from omaha_proxy.machine import Machine
 from omaha_proxy.recording import PayloadRef, RecordingBuilder
 from omaha_proxy.replay_server import replay_server
+from omaha_proxy.simulator import simulate
 from omaha_proxy.verdict import update_engine_verdict
+from tests.conftest import REPO
 from tests.support.mitmdump_run import run_mitmdump
-from tests.support.replay_data import MACHINE, request, update_walk, walk_recording
+from tests.support.replay_data import MACHINE, post, request, update_walk, walk_recording
 
 pytestmark = pytest.mark.e2e
 
@@ -24,15 +26,6 @@ def dead_upstream() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"http://127.0.0.1:{s.getsockname()[1]}"
-
-
-def post(url: str, body: bytes) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/xml"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
 
 
 def get(url: str) -> bytes:
@@ -93,3 +86,23 @@ def test_mitmdump_records_what_the_upstream_answers(tmp_path: Path) -> None:
     assert [e.response.body for e in rec.exchanges] == [resp for _, resp in update_walk()]
     assert rec.machines == ("machine-1",)
     assert MACHINE not in out.read_text()
+
+
+def test_simulated_machines_update_through_mitmdump_from_a_bundled_recording() -> None:
+    """The simulator walks the recorded fleet: checks, payloads and events all come from the proxy."""
+    args = ["--mode", f"reverse:{dead_upstream()}", "--set", f"omaha_replay={REPO / 'recordings/fleet.json'}"]
+    with run_mitmdump(*args, "--set", "omaha_replay_miss=error") as md:
+        machines = [
+            Machine.random(version=v, track=t)
+            for v, t in (
+                ("3975.2.1", "stable"),
+                ("4054.1.0", "stable"),
+                ("4081.2.0", "stable"),
+                ("3975.2.1", "beta"),
+            )
+        ]
+        report = simulate(f"{md.url}/v1/update/", machines, cycles=4, concurrency=4, timeout=30)
+    assert [m.outcome for m in report.machines] == ["updated", "updated", "current", "updated"]
+    downloads = [s.detail for m in report.machines for s in m.steps if s.kind == "download"]
+    assert len(downloads) == 3 and all(d.startswith(md.url + "/omaha-proxy/payloads/") for d in downloads)
+    assert "omaha_replay miss" not in md.output

@@ -8,6 +8,7 @@ import pytest
 
 from omaha_proxy import recording
 from omaha_proxy.replay_server import replay_server
+from tests.conftest import REPO
 from tests.support.replay_data import update_walk, walk_recording
 
 pytest_plugins = ["pytester"]
@@ -85,3 +86,13 @@ def test_recordings_dir_is_relative_to_rootdir(project: pytest.Pytester, tmp_pat
     (project.path / "test_inner.py").rename(sub / "test_inner.py")
     recording.dump(walk_recording(), project.path / "recordings" / "walk.json")
     project.runpytest_subprocess().assert_outcomes(passed=1)
+
+
+def test_the_readme_example_passes(pytester: pytest.Pytester) -> None:
+    """The example test in the README's replay section, run as written against the bundled recording."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("<!-- section:replay -->") : readme.index("<!-- /section:replay -->")]
+    example = section[section.index("### In pytest") :].split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_example=example)
+    (pytester.path / "recordings").symlink_to(REPO / "recordings")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)

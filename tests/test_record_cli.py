@@ -19,16 +19,10 @@ from omaha_proxy.recording_sources import parse_since
 from omaha_proxy.replay_server import recording_server, replay_server
 from omaha_proxy.store import Store
 from omaha_proxy.verdict import update_engine_verdict
-from tests.support.replay_data import MACHINE, request, response, update_walk, walk_recording
+from tests.support.replay_data import MACHINE, post, request, response, update_walk, walk_recording
 from tests.test_replay_addon import omaha_flow
 
 OTHER = "0123456789abcdef0123456789abcdef"
-
-
-def post(url: str, body: bytes) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/xml"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status, resp.read()
 
 
 @pytest.fixture

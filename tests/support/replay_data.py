@@ -8,6 +8,9 @@ the version and machine id substituted; answers are the Nebraska-shape samples.
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
 from omaha_proxy.recording import Recording, RecordingBuilder
 from tests.conftest import sample
 
@@ -56,3 +59,13 @@ def walk_recording(*machines: str, keep_ids: bool = False) -> Recording:
         for req, resp in update_walk(m):
             builder.add(req, resp, request_headers=[("Content-Type", "text/xml"), ("Host", "up.example")])
     return builder.recording()
+
+
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    """POST an Omaha body like update_engine (text/xml); returns (status, body), errors included."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "text/xml"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
