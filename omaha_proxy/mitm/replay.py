@@ -58,7 +58,7 @@ class OmahaReplay:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "omaha_replay", str | None, None,
+            "omaha_replay", str, "",
             "Answer Omaha requests from this recording (JSON) without contacting any upstream.",
         )  # fmt: skip
         loader.add_option(
@@ -71,7 +71,7 @@ class OmahaReplay:
             "What an update check matching no recorded exchange gets: forward, noupdate or error.",
         )  # fmt: skip
         loader.add_option(
-            "omaha_record", str | None, None,
+            "omaha_record", str, "",
             "Record every Omaha exchange the upstream answers into this recording file.",
         )  # fmt: skip
         loader.add_option(
@@ -155,7 +155,7 @@ class OmahaReplay:
         span = parse_range(flow.request.headers.get("Range"), len(data))
         if span is False:
             flow.response = http.Response.make(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-        elif span:
+        elif isinstance(span, tuple):
             first, last = span
             headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
             flow.response = http.Response.make(206, data[first : last + 1], headers)
