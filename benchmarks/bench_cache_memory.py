@@ -1,0 +1,142 @@
+"""Peak memory of the proxy while ten machines download one large payload through the cache.
+
+A real ``mitmdump -s addons/omaha.py`` with ``omaha_cache`` on (its cache file server runs in
+the same process) sits in front of serve-package offering a sparse payload. Ten simulated
+update_engines check, get the rewritten offer and download the payload at once: the first
+requests wait for the single upstream fetch (streamed to disk, verified), then all stream
+from disk. The figure is the proxy process's peak RSS (``VmHWM``). Target (issue 8):
+**under 300 MB** for a 1 GB payload.
+
+    python benchmarks/bench_cache_memory.py [--size-mb 1024] [--machines 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from omaha_proxy.cache import read_stats  # noqa: E402
+from omaha_proxy.serve_package import PackageServer, load_packages  # noqa: E402
+from omaha_proxy.server import OmahaServer, mapping_resolver  # noqa: E402
+from omaha_proxy.simulator import simulate  # noqa: E402
+
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+TARGET_MB = 300
+_LISTENING = re.compile(r"listening at 127\.0\.0\.1:(\d+)")
+
+
+def _kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def _sparse(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        f.truncate(size - 1)
+        f.seek(size - 1)
+        f.write(b"\x01")
+
+
+def _start_mitmdump(
+    upstream: str, cache: Path, scratch: Path
+) -> tuple[subprocess.Popen[str], int, list[str]]:
+    cmd = [
+        str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(ROOT / "addons/omaha.py"),
+        "--mode", f"reverse:{upstream}", "--set", "flow_detail=0", "--set", f"omaha_db={scratch / 'omaha.db'}",
+        "--set", f"omaha_cache={cache}", "--set", "omaha_cache_listen=127.0.0.1:0",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: lines.extend(line.rstrip() for line in stdout), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        match = _LISTENING.search("\n".join(lines))
+        if match:
+            return proc, int(match.group(1)), lines
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("mitmdump did not start:\n" + "\n".join(lines))
+
+
+def run(size_mb: int = 1024, machines: int = 10, timeout: float = 600.0) -> dict[str, object]:
+    """Measure; returns the figures (``peak_rss_mb`` is the proxy's VmHWM)."""
+    with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
+        scratch = Path(tmp)
+        payload = scratch / "payload.gz"
+        _sparse(payload, size_mb << 20)
+        handler = PackageServer("4152.2.0", load_packages(payload))
+        upstream = OmahaServer(
+            handler, files={"/packages/": mapping_resolver({"flatcar_production_update.gz": payload})}
+        )
+        with upstream:
+            proc, port, _lines = _start_mitmdump(upstream.url, scratch / "cache", scratch)
+            try:
+                idle_kib = _kib(proc.pid, "VmRSS")
+                started = time.monotonic()
+                report = simulate(f"http://127.0.0.1:{port}/v1/update/", machines, concurrency=machines, cycles=1,
+                                  timeout=timeout, request_timeout=timeout, oem="")  # fmt: skip
+                took = time.monotonic() - started
+                peak_kib = _kib(proc.pid, "VmHWM")
+            finally:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            stats = read_stats(scratch / "cache")
+    downloads = [s for m in report.machines for s in m.steps if s.kind == "download"]
+    return {
+        "payload_mb": size_mb,
+        "machines": machines,
+        "updated": report.summary().get("waiting-reboot", 0) + report.summary().get("updated", 0),
+        "downloads_ok": sum(1 for s in downloads if s.outcome.startswith("ok")),
+        "seconds": round(took, 1),
+        "served_mb": round(stats.bytes_served / (1 << 20)),
+        "fetched_mb": round(stats.bytes_fetched / (1 << 20)),
+        "idle_rss_mb": round(idle_kib / 1024, 1),
+        "peak_rss_mb": round(peak_kib / 1024, 1),
+        "target_mb": TARGET_MB,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=1024, help="payload size in MiB (default 1024)")
+    parser.add_argument("--machines", type=int, default=10, help="machines downloading at once (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    result = run(args.size_mb, args.machines)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['machines']} machines x {result['payload_mb']} MiB through the cache in {result['seconds']} s "
+            f"({result['downloads_ok']} verified downloads, fetched {result['fetched_mb']} MiB once, served "
+            f"{result['served_mb']} MiB): proxy peak RSS {result['peak_rss_mb']} MB (idle {result['idle_rss_mb']} MB, "
+            f"target < {TARGET_MB} MB)"
+        )
+    return 0 if float(result["peak_rss_mb"]) < TARGET_MB else 1  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
