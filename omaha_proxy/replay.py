@@ -245,10 +245,14 @@ def _show(key: Hashable) -> str:
 _XML_HEADERS = (("Content-Type", "text/xml"),)
 
 
+Keys = dict[str, Hashable]
+"""A request's key under each chosen matcher (None for an undecodable recorded request)."""
+
+
 @dataclass
 class _Track:
     name: str
-    exchanges: list[tuple[Exchange, Request | None]]
+    exchanges: list[tuple[Exchange, Keys | None]]
 
 
 class Player:
@@ -264,7 +268,9 @@ class Player:
         tracks: dict[str, _Track] = {}
         for exchange in recording.exchanges:
             name = exchange.machine or "(no machine)"
-            tracks.setdefault(name, _Track(name, [])).exchanges.append((exchange, _parse(exchange)))
+            recorded = _parse(exchange)
+            keys = None if recorded is None else self._keys(recorded)
+            tracks.setdefault(name, _Track(name, [])).exchanges.append((exchange, keys))
         self._tracks = list(tracks.values())
         self._bindings: dict[str, _Track] = {}
         self._cursors: dict[str, int] = {}
@@ -290,8 +296,9 @@ class Player:
         for a request that does not match.
         """
         key = machine_of(request) or ""
+        live = self._keys(request)
         track = self._bindings.get(key)
-        found = self._find(track, self._cursors.get(key, 0), request) if track else self._bind(key, request)
+        found = self._find(track, self._cursors.get(key, 0), live) if track else self._bind(key, live)
         if found is not None:
             track, index, repeat = found
             exchange = track.exchanges[index][0]
@@ -313,34 +320,32 @@ class Player:
             machine=key or None,
             track=track.name if track else None,
             matchers=self.matchers,
-            nearest=self._nearest(track, self._cursors.get(key, 0), request),
+            nearest=self._nearest(track, self._cursors.get(key, 0), live),
         )
 
     # -- matching
 
-    def _diffs(self, live: Request, recorded: Request | None) -> tuple[MatcherDiff, ...]:
+    def _keys(self, request: Request) -> Keys:
+        return {name: MATCHERS[name](request) for name in self.matchers}
+
+    @staticmethod
+    def _diffs(live: Keys, recorded: Keys | None) -> tuple[MatcherDiff, ...]:
         if recorded is None:
             return (MatcherDiff("body", "Omaha request", "undecodable"),)
-        diffs = []
-        for name in self.matchers:
-            fn = MATCHERS[name]
-            a, b = fn(live), fn(recorded)
-            if a != b:
-                diffs.append(MatcherDiff(name, a, b))
-        return tuple(diffs)
+        return tuple(MatcherDiff(n, live[n], recorded[n]) for n in live if live[n] != recorded[n])
 
-    def _find(self, track: _Track, cursor: int, request: Request) -> tuple[_Track, int, bool] | None:
+    def _find(self, track: _Track, cursor: int, live: Keys) -> tuple[_Track, int, bool] | None:
         """Next match at or after ``cursor``; else the latest match before it (a repeat)."""
         entries = track.exchanges
         for i in range(cursor, len(entries)):
-            if not self._diffs(request, entries[i][1]):
+            if entries[i][1] == live:
                 return track, i, False
         for i in range(min(cursor, len(entries)) - 1, -1, -1):
-            if not self._diffs(request, entries[i][1]):
+            if entries[i][1] == live:
                 return track, i, True
         return None
 
-    def _bind(self, key: str, request: Request) -> tuple[_Track, int, bool] | None:
+    def _bind(self, key: str, live: Keys) -> tuple[_Track, int, bool] | None:
         """Bind a new machine to the recorded machine whose session it starts earliest in.
 
         Unbound recorded machines are preferred, so N live machines spread over N recorded ones.
@@ -349,7 +354,7 @@ class Player:
         best: tuple[int, int, int] | None = None
         chosen: _Track | None = None
         for order, track in enumerate(self._tracks):
-            found = self._find(track, 0, request)
+            found = self._find(track, 0, live)
             if found is None:
                 continue
             rank = (found[1], track.name in taken, order)
@@ -361,12 +366,12 @@ class Player:
         return chosen, best[0], False
 
     def _nearest(
-        self, track: _Track | None, cursor: int, request: Request, limit: int = 3
+        self, track: _Track | None, cursor: int, live: Keys, limit: int = 3
     ) -> tuple[Candidate, ...]:
         pool = [(t, i) for t in ([track] if track else self._tracks) for i in range(len(t.exchanges))]
         scored = []
         for t, i in pool:
-            diffs = self._diffs(request, t.exchanges[i][1])
+            diffs = self._diffs(live, t.exchanges[i][1])
             scored.append(
                 (len(diffs), abs(i - cursor) if t is track else i, t.exchanges[i][0].seq, diffs, t, i)
             )
