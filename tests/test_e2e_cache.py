@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from omaha_proxy.bundle import export_bundle, load_bundle, offer_from_log
+from omaha_proxy.bundle_server import BundleServer
 from omaha_proxy.cache import read_stats
 from omaha_proxy.codes import ErrorCode, ErrorFlag
 from omaha_proxy.serve_package import PackageServer, load_packages
@@ -80,3 +82,21 @@ def test_a_corrupt_upstream_payload_is_never_served_and_machines_get_a_transfer_
     oem_sha256 = hashlib.sha256((tmp_path / OEM).read_bytes()).hexdigest()
     assert [p.name for p in (tmp_path / "cache" / "files").iterdir()] == [oem_sha256]  # the good one
     assert list((tmp_path / "cache").glob("*.partial")) == []
+
+
+def test_a_bundle_exported_from_the_proxy_log_updates_a_machine_with_the_upstream_gone(tmp_path):
+    with (
+        upstream_for(tmp_path) as up,
+        run_mitmdump(
+            "--mode", f"reverse:{up.url}", "--set", f"omaha_cache={tmp_path / 'cache'}",
+            "--set", "omaha_cache_listen=127.0.0.1:0", "--set", f"omaha_db={tmp_path / 'omaha.db'}",
+        ) as md,
+    ):  # fmt: skip
+        assert simulate(md.url + "/v1/update/", 1, cycles=1, timeout=30).summary() == {"waiting-reboot": 1}
+        # The log keeps the upstream's own offer beside the rewritten one: export from it.
+        found = offer_from_log(tmp_path / "omaha.db", VERSION, board="amd64-usr")
+        assert up.codebase.encode() in found.xml
+        export_bundle(found, tmp_path / "release.tar", source="log")
+    with BundleServer(load_bundle(tmp_path / "release.tar", extract_to=tmp_path / "site")) as site:
+        report = simulate(site.omaha_url, 2, cycles=3, timeout=30)
+    assert report.summary() == {"updated": 2}
