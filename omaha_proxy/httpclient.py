@@ -27,7 +27,8 @@ MAX_KEPT_BODY = 8 << 20
 
 @dataclass(frozen=True, slots=True)
 class HttpResult:
-    """Outcome of one request: ``status`` is None when no HTTP response arrived (``error`` says why)."""
+    """Outcome of one request: ``status`` is None when no HTTP response arrived; ``error`` says
+    why, and is also set when the body was cut short (``received`` bytes arrived)."""
 
     status: int | None
     headers: dict[str, str] = field(default_factory=dict)
@@ -37,8 +38,8 @@ class HttpResult:
 
     @property
     def ok(self) -> bool:
-        """True for a 2xx answer (what libcurl's fetcher counts as success)."""
-        return self.status is not None and 200 <= self.status < 300
+        """True for a complete 2xx answer (what libcurl's fetcher counts as success)."""
+        return self.status is not None and 200 <= self.status < 300 and self.error is None
 
 
 class DeadlineExceeded(Exception):
@@ -71,6 +72,10 @@ class HttpClient:
             raise DeadlineExceeded("simulation time budget exhausted")
         return min(self.timeout, left)
 
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but not past the deadline (raises :class:`DeadlineExceeded` once it passed)."""
+        time.sleep(max(0.0, min(seconds, self._budget())))
+
     def _connect(self, url: urllib.parse.SplitResult) -> tuple[http.client.HTTPConnection, str]:
         timeout = self._budget()
         secure = url.scheme == "https"
@@ -102,15 +107,20 @@ class HttpClient:
         content_type: str | None = None,
         headers: dict[str, str] | None = None,
         sink: Callable[[bytes], None] | None = None,
+        on_headers: Callable[[int, dict[str, str]], None] | None = None,
     ) -> HttpResult:
         """Send one request on a fresh connection and read the whole answer.
 
         With ``sink`` the body is passed on chunk by chunk and not kept; otherwise it is kept
-        (up to :data:`MAX_KEPT_BODY`). Never raises for network trouble: a result with
-        ``status=None`` describes it. Raises :class:`DeadlineExceeded` when the deadline passed.
+        (up to :data:`MAX_KEPT_BODY`); ``on_headers(status, headers)`` is called before the body.
+        Never raises for network trouble: a result with ``status=None`` (no answer) or with
+        ``error`` set (body cut after ``received`` bytes) describes it. Raises
+        :class:`DeadlineExceeded` when the deadline passed.
         """
         parts = urllib.parse.urlsplit(url)
         conn, target = self._connect(parts)
+        resp: http.client.HTTPResponse | None = None
+        received = 0
         try:
             conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
             conn.putheader("Host", parts.netloc)
@@ -123,8 +133,9 @@ class HttpClient:
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body)
             resp = conn.getresponse()
+            if on_headers is not None:
+                on_headers(resp.status, dict(resp.headers.items()))
             kept: list[bytes] = []
-            received = 0
             while chunk := resp.read(CHUNK):
                 received += len(chunk)
                 if sink is not None:
@@ -133,8 +144,14 @@ class HttpClient:
                     kept.append(chunk)
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     raise DeadlineExceeded("simulation time budget exhausted during a transfer")
+            if resp.length:  # read(amt) returns b"" on an early close instead of raising
+                raise http.client.IncompleteRead(b"", resp.length)
             return HttpResult(resp.status, dict(resp.headers.items()), b"".join(kept), received)
         except (OSError, http.client.HTTPException) as e:
-            return HttpResult(None, error=f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if resp is None:
+                return HttpResult(None, error=error)
+            # The answer started but its body was cut: keep the status for a resume.
+            return HttpResult(resp.status, dict(resp.headers.items()), received=received, error=error)
         finally:
             conn.close()

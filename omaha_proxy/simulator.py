@@ -51,6 +51,8 @@ from omaha_proxy.model import Package, Response
 from omaha_proxy.verdict import Verdict, update_engine_verdict
 
 HTTP_BASE = 2000  # update_engine: kActionCodeOmahaRequestHTTPResponseBase
+RETRY_DELAY = 10 / 2700  # 10 s, as a fraction of the 45-minute interval
+MAX_RESUMES = 20  # libcurl_http_fetcher: a truncated download is resumed up to 20 times
 
 
 class State(enum.StrEnum):
@@ -110,10 +112,12 @@ class SimulatedMachine:
         first_boot: bool = False,
         interactive: bool = False,
         reboot_after: int = 1,
+        retry_delay: float = 0.0,
         rng: random.Random | None = None,
         clock_start: float | None = None,
     ) -> None:
         self.machine = machine
+        self.retry_delay = retry_delay
         self.start = machine
         self.server = server
         self.http = http
@@ -151,12 +155,21 @@ class SimulatedMachine:
     def _check(self) -> None:
         previous = self.previous_version
         body = update_check_request(self.machine, previous_version=previous, interactive=self.interactive)
-        result, t, took = self._post(body)
         detail = f"3/2 previousversion={previous!r}"
+        # Only the update check is retried when no HTTP answer arrives at all: after 10 s,
+        # 3 times for a scheduled check, once for an interactive one (reference §1.2).
+        retries = 1 if self.interactive else 3
+        result, t, took = self._post(body)
+        while result.status is None and retries:
+            self._record("updatecheck", detail, result, f"no response ({result.error}); retrying", t, took)
+            self.http.sleep(self.retry_delay)
+            retries -= 1
+            result, t, took = self._post(body)
         if result.status is not None:
             self.previous_version = ""  # the pref is reset once the check went through
         if not result.ok:
-            code = HTTP_BASE + (result.status or 0)
+            status = result.status or 0
+            code = HTTP_BASE + (0 if 200 <= status < 300 else status)  # a cut 2xx answer: no status
             self._record("updatecheck", detail, result, f"error {code} ({result.error or 'HTTP'})", t, took)
             self._fail(code)
             return
@@ -187,26 +200,42 @@ class SimulatedMachine:
         self.state, self.pending_version, self.pings = State.NEED_REBOOT, verdict.version, 0
 
     def _download(self, urls: list[str], size: int, sha256_b64: str) -> int:
-        """Fetch the payload from the first URL that answers; returns 0 or an error code."""
+        """Fetch the payload from the first URL that delivers it; returns 0 or an error code."""
         for url in urls:
-            digest = hashlib.sha256()
             t = time.monotonic()
-            result = self.http.request("GET", url, sink=digest.update)
+            result, received, digest, resumes = self._fetch(url)
             took = time.monotonic() - t
             if not result.ok:
                 self._record("download", url, result, f"failed ({result.error or result.status})", t, took)
                 continue
             # update_engine: byte count first (11), then base64 SHA-256 as a plain string (10).
-            if result.received != size:
-                self._record("download", url, result, f"size {result.received} != {size}", t, took)
+            if received != size:
+                self._record("download", url, result, f"size {received} != {size}", t, took)
                 return ErrorCode.PAYLOAD_SIZE_MISMATCH
-            actual = base64.b64encode(digest.digest()).decode()
+            actual = base64.b64encode(digest).decode()
             if actual != sha256_b64:
                 self._record("download", url, result, f"sha256 {actual} != {sha256_b64}", t, took)
                 return ErrorCode.PAYLOAD_HASH_MISMATCH
-            self._record("download", url, result, f"ok {size} bytes", t, took)
+            resumed = f" (resumed {resumes}x)" if resumes else ""
+            self._record("download", url, result, f"ok {size} bytes{resumed}", t, took)
             return 0
         return ErrorCode.DOWNLOAD_TRANSFER_ERROR
+
+    def _fetch(self, url: str) -> tuple[HttpResult, int, bytes, int]:
+        """GET ``url``, resuming a cut transfer with ``Range`` (update_engine: up to 20 times).
+
+        Returns the last result, the byte count, the SHA-256 of what arrived and the number of
+        resumes. A server that
+        ignores the ``Range`` and answers 200 starts the count and the hash over.
+        """
+        got = _Hashed()
+        resumes = 0
+        while True:
+            headers = {"Range": f"bytes={got.size}-"} if got.size else None
+            result = self.http.request("GET", url, headers=headers, sink=got.update, on_headers=got.start)
+            if result.ok or result.status not in (200, 206) or resumes == MAX_RESUMES:
+                return result, got.size, got.sha256.digest(), resumes
+            resumes += 1
 
     def _postinstall(self, response_body: bytes) -> int:
         """ue-rs ``download_sysext``: fetch and check ``oem-<oem>.gz`` if the manifest lists it."""
@@ -286,6 +315,22 @@ class SimulatedMachine:
             steps=tuple(self.steps),
             finished=finished,
         )
+
+
+class _Hashed:
+    """Byte count and SHA-256 of a download that may arrive in several resumed parts."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def start(self, status: int, headers: dict[str, str]) -> None:
+        if status != 206:  # a full answer (or an error page) replaces what came before
+            self.sha256, self.size = hashlib.sha256(), 0
+
+    def update(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.size += len(chunk)
 
 
 def _well_formed(body: bytes) -> bool:
@@ -442,8 +487,8 @@ async def _run(
     http = HttpClient(proxy=proxy, timeout=request_timeout, deadline=t0 + timeout)
     rng = random.Random(seed)
     sims = [
-        SimulatedMachine(m, url, http, first_boot=first_boot, interactive=interactive,
-                         reboot_after=reboot_after, rng=random.Random(rng.random()), clock_start=t0)
+        SimulatedMachine(m, url, http, first_boot=first_boot, interactive=interactive, reboot_after=reboot_after,
+                         retry_delay=interval * RETRY_DELAY, rng=random.Random(rng.random()), clock_start=t0)
         for m in fleet
     ]  # fmt: skip
     finished = [False] * len(sims)

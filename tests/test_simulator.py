@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -138,8 +139,76 @@ def test_unreachable_server_is_error_2000_not_an_exception() -> None:
     url = server.omaha_url
     server.stop()
     report = simulate(url, 1, cycles=1, timeout=10, request_timeout=2)
-    assert report.machines[0].error_codes == (268435456 | 2000,)
-    assert report.machines[0].steps[0].status is None
+    machine = report.machines[0]
+    assert machine.error_codes == (268435456 | 2000,)
+    # a scheduled check is retried 3 times when no answer arrives, then one error event
+    assert [(s.kind, s.status) for s in machine.steps] == [("updatecheck", None)] * 4 + [("event", None)]
+    assert "retrying" in machine.steps[0].outcome
+
+
+def test_interactive_check_is_retried_once() -> None:
+    server = OmahaServer()
+    url = server.omaha_url
+    server.stop()
+    report = simulate(url, 1, cycles=1, interactive=True, timeout=10, request_timeout=2)
+    assert [s.kind for s in report.machines[0].steps] == ["updatecheck", "updatecheck", "event"]
+
+
+class CuttingHandler(http.server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD, but cuts the first full GET after half the bytes; honours Range."""
+
+    protocol_version = "HTTP/1.1"
+    cuts = 0
+    ranges: list[str | None] = []
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        CuttingHandler.ranges.append(rng)
+        if rng:
+            first = int(rng.removeprefix("bytes=").rstrip("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {first}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
+            self.send_header("Content-Length", str(len(PAYLOAD) - first))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[first:])
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        if CuttingHandler.cuts == 0:
+            CuttingHandler.cuts += 1
+            self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(PAYLOAD)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+def test_a_cut_download_is_resumed_with_range(tmp_path) -> None:
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CuttingHandler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    (tmp_path / "p").write_bytes(PAYLOAD)
+    info = package_info_from_file(tmp_path / "p", "p.gz")
+    codebase = f"http://127.0.0.1:{files.server_address[1]}/"
+
+    def offer(request: Request, raw: bytes, ip: str) -> tuple[int, dict[str, str], bytes]:
+        return 200, {}, encode(offer_response(request, version="9.0", codebase=codebase, packages=[info]))
+
+    try:
+        with OmahaServer(offer) as server:
+            report = simulate(server.omaha_url, 1, cycles=1, timeout=20)
+    finally:
+        files.shutdown()
+        files.server_close()
+    assert CuttingHandler.ranges == [None, f"bytes={len(PAYLOAD) // 2}-"]
+    assert report.machines[0].outcome == "waiting-reboot"
+    download = next(s for s in report.machines[0].steps if s.kind == "download")
+    assert download.outcome == f"ok {len(PAYLOAD)} bytes (resumed 1x)"
 
 
 def test_production_server_url_sets_no_flag() -> None:
