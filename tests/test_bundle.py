@@ -81,6 +81,7 @@ def test_a_machine_completes_its_update_from_the_bundle_with_the_upstream_stoppe
         rows = store.recent(limit=100)
         assert rows and {r["action"] for r in rows} == {"served"}
         assert any("offer 4152.2.0" in (r["reason"] or "") for r in rows)
+        assert {(m["version"], m["state_label"]) for m in store.fleet()} == {(SERVED_VERSION, "Complete")}
 
 
 def test_the_bundle_answers_like_the_upstream_with_codebase_rewritten(exported):
