@@ -28,6 +28,8 @@ across requests, responses and headers. Credentials headers are dropped.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -124,6 +126,26 @@ class Recording:
     def machines(self) -> tuple[str | None, ...]:
         """The recorded machines in order of first appearance."""
         return tuple(dict.fromkeys(e.machine for e in self.exchanges))
+
+
+def payload_ref(name: str, path: str | os.PathLike[str], *, base_dir: str | os.PathLike[str]) -> PayloadRef:
+    """A payload entry for the file at ``path``: its SHA-256 and size, its path relative to
+    ``base_dir`` (the folder of the recording that will name it). Raises OSError."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    relative = os.path.relpath(Path(path).resolve(), Path(base_dir).resolve())
+    return PayloadRef(name, Path(relative).as_posix(), digest.hexdigest(), size)
+
+
+def with_payloads(recording: Recording, refs: Iterable[PayloadRef]) -> Recording:
+    """The recording naming ``refs`` as well (an entry of the same name is replaced)."""
+    table = {p.name: p for p in recording.payloads}
+    table.update((p.name, p) for p in refs)
+    return dataclasses.replace(recording, payloads=tuple(table.values()))
 
 
 # ---------------------------------------------------------------------------- scrubbing

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import hashlib
 import random
 import shutil
 import sys
@@ -34,7 +33,7 @@ from omaha_proxy import recording  # noqa: E402
 from omaha_proxy.classify import RequestKind, request_kind  # noqa: E402
 from omaha_proxy.machine import Machine  # noqa: E402
 from omaha_proxy.model import Request  # noqa: E402
-from omaha_proxy.recording import PayloadRef  # noqa: E402
+from omaha_proxy.recording import payload_ref, with_payloads  # noqa: E402
 from omaha_proxy.serve_package import serve_package  # noqa: E402
 from omaha_proxy.server import OmahaServer  # noqa: E402
 from omaha_proxy.simulator import SimulationReport, simulate  # noqa: E402
@@ -142,19 +141,13 @@ def make(scenario: Scenario) -> SimulationReport:
         rec = recording.load(out)
         offered = {name for e in rec.exchanges for name in e.facts.get("packages", ())}
         refs = []
-        for name, path in files.items():
-            if name not in offered:
-                continue
+        for name in sorted(offered & files.keys()):
             target = PAYLOADS / scenario.name / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-            data = target.read_bytes()
-            refs.append(
-                PayloadRef(name, str(target.relative_to(HERE)), hashlib.sha256(data).hexdigest(), len(data))
-            )
-    recording.dump(
-        dataclasses.replace(rec, payloads=tuple(refs), source=f"make_recordings.py {scenario.name}"), out
-    )
+            shutil.copyfile(files[name], target)
+            refs.append(payload_ref(name, target, base_dir=HERE))
+    rec = dataclasses.replace(with_payloads(rec, refs), source=f"make_recordings.py {scenario.name}")
+    recording.dump(rec, out)
     return report
 
 

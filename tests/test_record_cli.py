@@ -146,3 +146,37 @@ def test_replay_command_serves_until_interrupted(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_record_names_payloads_so_an_offer_replays_offline(tmp_path: Path) -> None:
+    source = tmp_path / "live.json"
+    recording.dump(walk_recording(), source)
+    (tmp_path / "files").mkdir()
+    for name in ("flatcar_production_update.gz", "oem-qemu.gz"):
+        (tmp_path / "files" / name).write_bytes(b"x" * 10)
+    out = tmp_path / "out" / "offline.json"
+    args = ["record", "--from-recording", str(source), "-o", str(out)]
+    args += ["--payload", f"flatcar_production_update.gz={tmp_path / 'files/flatcar_production_update.gz'}"]
+    args += ["--payload", f"oem-qemu.gz={tmp_path / 'files/oem-qemu.gz'}"]
+    assert main(args) == 0
+    rec = recording.load(out)
+    ref = rec.payload("oem-qemu.gz")
+    assert ref is not None and (ref.path, ref.size) == ("../files/oem-qemu.gz", 10)
+    with replay_server(rec) as server:
+        verdict = update_engine_verdict(post(server.omaha_url, update_walk()[0][0])[1])
+        with urllib.request.urlopen(verdict.urls[0], timeout=10) as resp:
+            assert resp.read() == b"x" * 10
+
+
+def test_record_refuses_a_malformed_payload_argument(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "live.json"
+    recording.dump(walk_recording(), source)
+    assert (
+        main(
+            ["record", "--from-recording", str(source), "--payload", "nopath", "-o", str(tmp_path / "o.json")]
+        )
+        == 1
+    )
+    assert "expected NAME=PATH" in capsys.readouterr().err
