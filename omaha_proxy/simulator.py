@@ -117,10 +117,10 @@ class SimulatedMachine:
         clock_start: float | None = None,
     ) -> None:
         self.machine = machine
-        self.retry_delay = retry_delay
         self.start = machine
         self.server = server
         self.http = http
+        self.retry_delay = retry_delay
         self.interactive = interactive
         self.reboot_after = reboot_after
         self.rng = rng or random.Random()
@@ -137,13 +137,21 @@ class SimulatedMachine:
     # ----------------------------------------------------------------- the cycle
 
     def tick(self) -> None:
-        """One scheduler tick (every ~45 min on a real machine)."""
-        if self.state is State.NEED_REBOOT:
-            if self.pings < self.reboot_after:
-                self._ping()
-                return
-            self._reboot()
-        self._check()
+        """One scheduler tick (every ~45 min on a real machine).
+
+        With ``interactive`` the first tick is ``update_engine_client -update``: its check and
+        the events of that attempt say ``installsource="ondemandupdate"``; later ones are
+        scheduled.
+        """
+        try:
+            if self.state is State.NEED_REBOOT:
+                if self.pings < self.reboot_after:
+                    self._ping()
+                    return
+                self._reboot()
+            self._check()
+        finally:
+            self.interactive = False
 
     def _reboot(self) -> None:
         old = self.machine.version

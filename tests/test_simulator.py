@@ -154,6 +154,14 @@ def test_interactive_check_is_retried_once() -> None:
     assert [s.kind for s in report.machines[0].steps] == ["updatecheck", "updatecheck", "event"]
 
 
+def test_interactive_applies_to_the_first_attempt_only(tmp_path) -> None:
+    with package_server(tmp_path) as server, recording(server) as seen:
+        simulate(server.omaha_url, [SAMPLE_MACHINE], cycles=3, interactive=True, timeout=20)
+    sources = [parse_request(b).installsource for b in seen.bodies]
+    assert sources == ["ondemandupdate"] * 4 + ["scheduler"] * 2  # check, 13/1, 14/1, 3/1 | ping, check
+    assert seen.bodies[0] == reconstructed("02_updatecheck_interactive")
+
+
 class CuttingHandler(http.server.BaseHTTPRequestHandler):
     """Serves PAYLOAD, but cuts the first full GET after half the bytes; honours Range."""
 

@@ -48,7 +48,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--interactive",
         action="store_true",
-        help="installsource=ondemandupdate (update_engine_client -update)",
+        help="the first check is update_engine_client -update (installsource=ondemandupdate)",
     )
     p.add_argument(
         "--reboot-after", type=int, default=1, help="ping-only ticks before the reboot (default 1)"
