@@ -512,15 +512,19 @@ async def _run(
             await loop.run_in_executor(pool, sim.tick)
         finished[i] = True
 
-    tasks = [asyncio.create_task(life(i, sim)) for i, sim in enumerate(sims)]
-    done, pending = await asyncio.wait(tasks, timeout=timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        if (exc := task.exception()) is not None and not isinstance(exc, DeadlineExceeded):
-            raise exc
-    pool.shutdown(wait=True, cancel_futures=True)  # running ticks stop at the deadline
+    try:
+        tasks = [asyncio.create_task(life(i, sim)) for i, sim in enumerate(sims)]
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if (exc := task.exception()) is not None and not isinstance(exc, DeadlineExceeded):
+                raise exc
+        pool.shutdown(wait=True, cancel_futures=True)  # running ticks stop at the deadline
+    finally:  # an error or Ctrl-C: make running ticks give up at their next read
+        http.deadline = time.monotonic()
+        pool.shutdown(wait=False, cancel_futures=True)
     return SimulationReport(
         url=url,
         proxy=proxy,
