@@ -38,9 +38,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from omaha_proxy import recording as recordings
-from omaha_proxy.cache import download_verified, join_url
 from omaha_proxy.codec import parse_request, parse_response
 from omaha_proxy.errors import BundleError, CodecError, PayloadError, RecordingError, StoreError
+from omaha_proxy.fetch import download_verified, join_url
 from omaha_proxy.model import Response, UpdateCheckResponse
 from omaha_proxy.payloads import CHUNK_SIZE, Expected, PayloadMismatch, Verifier, expected_packages
 

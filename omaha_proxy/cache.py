@@ -28,7 +28,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
-import http.client
 import json
 import logging
 import os
@@ -36,22 +35,18 @@ import re
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from omaha_proxy.errors import PayloadError
-from omaha_proxy.payloads import CHUNK_SIZE, Digest, Expected, Verifier
+from omaha_proxy.fetch import FETCH_TIMEOUT, download_verified, join_url
+from omaha_proxy.payloads import Expected
 
 log = logging.getLogger(__name__)
-
-FETCH_TIMEOUT = 60.0
-"""Seconds a read from the upstream may stall before the download counts as failed."""
 
 WAIT_TIMEOUT = 3600.0
 """Seconds a request waits for the download of its package before giving up."""
@@ -107,11 +102,6 @@ def offer_key(version: str | None, codebases: Sequence[str], packages: Sequence[
     """Return a short stable key for one offer (version, upstream codebases, packages)."""
     blob = json.dumps([version, list(codebases), [asdict(p) for p in packages]], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
-
-
-def join_url(codebase: str, name: str) -> str:
-    """The URL update_engine downloads: codebase + ``/`` if missing + name."""
-    return codebase + ("" if codebase.endswith("/") else "/") + name
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,55 +470,6 @@ def _stats(db: sqlite3.Connection) -> CacheStats:
     )
 
 
-def download_verified(
-    url: str,
-    expected: Expected,
-    partial: Path,
-    final: Path,
-    *,
-    timeout: float = FETCH_TIMEOUT,
-    on_bytes: Callable[[int], None] | None = None,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> Digest:
-    """Stream ``url`` into ``partial`` while verifying it, then rename it to ``final``.
-
-    The file is fsynced before the atomic rename, so ``final`` is either absent or complete
-    and verified. ``partial`` is removed whatever happens. ``on_bytes`` gets the number of
-    bytes read from the upstream (also on failure); ``cancelled`` is polled between chunks.
-    Returns the digest; raises PayloadMismatch when the bytes do not match ``expected`` and
-    PayloadError when the download fails (HTTP status, connection, timeout, cancelled).
-    """
-    verifier = Verifier(expected)
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "omaha-proxy"})
-        with (
-            urllib.request.urlopen(request, timeout=timeout) as response,
-            open(partial, "wb") as out,
-        ):
-            try:
-                while chunk := response.read(CHUNK_SIZE):
-                    verifier.update(chunk)
-                    out.write(chunk)
-                    if cancelled():
-                        raise PayloadError(f"download cancelled after {verifier.size} bytes")
-            finally:
-                if on_bytes is not None:
-                    on_bytes(verifier.size)
-            digest = verifier.finish()
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(partial, final)
-    except PayloadError:
-        raise
-    except (OSError, urllib.error.URLError, ValueError, http.client.HTTPException) as e:
-        # HTTPError and socket timeouts are OSErrors; an HTTP status is named as such.
-        raise PayloadError(f"fetch failed after {verifier.size} bytes: {e}") from e
-    finally:
-        partial.unlink(missing_ok=True)
-    _fsync_dir(final.parent)
-    return digest
-
-
 def _take_lock(path: Path) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -539,11 +480,3 @@ def _take_lock(path: Path) -> int:
             raise PayloadError(f"{path.parent} is in use by another omaha-proxy process") from e
         raise PayloadError(f"cannot lock {path}: {e}") from e
     return fd
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

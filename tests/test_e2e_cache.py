@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from omaha_proxy.serve_package import PackageServer, load_packages
 from omaha_proxy.simulator import simulate
 from omaha_proxy.store import Store
 from tests.support.counting_upstream import CountingUpstream
-from tests.support.mitmdump_run import run_mitmdump
+from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 
 pytestmark = pytest.mark.e2e
 
@@ -39,13 +40,18 @@ def upstream_for(src: Path, *, corrupt: bool = False) -> CountingUpstream:
     return CountingUpstream(files, handler=handler, delay=0.2)
 
 
+def cached_proxy(up: CountingUpstream, tmp_path: Path, *extra: str) -> AbstractContextManager[Mitmdump]:
+    """A real mitmdump in reverse mode in front of ``up`` with the cache on."""
+    return run_mitmdump(
+        "--mode", f"reverse:{up.url}", "--set", f"omaha_cache={tmp_path / 'cache'}",
+        "--set", "omaha_cache_listen=127.0.0.1:0", *extra,
+    )  # fmt: skip
+
+
 def test_ten_machines_update_through_the_cache_and_the_upstream_serves_each_package_once(tmp_path):
     with (
         upstream_for(tmp_path) as up,
-        run_mitmdump(
-            "--mode", f"reverse:{up.url}", "--set", f"omaha_cache={tmp_path / 'cache'}",
-            "--set", "omaha_cache_listen=127.0.0.1:0", "--set", f"omaha_db={tmp_path / 'omaha.db'}",
-        ) as md,
+        cached_proxy(up, tmp_path, "--set", f"omaha_db={tmp_path / 'omaha.db'}") as md,
     ):  # fmt: skip
         report = simulate(md.url + "/v1/update/", 10, concurrency=10, cycles=3, timeout=60)
         assert report.summary() == {"updated": 10}, md.output
@@ -68,10 +74,7 @@ def test_ten_machines_update_through_the_cache_and_the_upstream_serves_each_pack
 def test_a_corrupt_upstream_payload_is_never_served_and_machines_get_a_transfer_error(tmp_path):
     with (
         upstream_for(tmp_path, corrupt=True) as up,
-        run_mitmdump(
-            "--mode", f"reverse:{up.url}", "--set", f"omaha_cache={tmp_path / 'cache'}",
-            "--set", "omaha_cache_listen=127.0.0.1:0",
-        ) as md,
+        cached_proxy(up, tmp_path) as md,
     ):  # fmt: skip
         report = simulate(md.url + "/v1/update/", 3, concurrency=3, cycles=1, timeout=30)
         assert report.summary() == {"failed": 3}
@@ -87,10 +90,7 @@ def test_a_corrupt_upstream_payload_is_never_served_and_machines_get_a_transfer_
 def test_a_bundle_exported_from_the_proxy_log_updates_a_machine_with_the_upstream_gone(tmp_path):
     with (
         upstream_for(tmp_path) as up,
-        run_mitmdump(
-            "--mode", f"reverse:{up.url}", "--set", f"omaha_cache={tmp_path / 'cache'}",
-            "--set", "omaha_cache_listen=127.0.0.1:0", "--set", f"omaha_db={tmp_path / 'omaha.db'}",
-        ) as md,
+        cached_proxy(up, tmp_path, "--set", f"omaha_db={tmp_path / 'omaha.db'}") as md,
     ):  # fmt: skip
         assert simulate(md.url + "/v1/update/", 1, cycles=1, timeout=30).summary() == {"waiting-reboot": 1}
         # The log keeps the upstream's own offer beside the rewritten one: export from it.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+import dataclasses
 import io
 
 import pytest
@@ -18,23 +18,14 @@ from omaha_proxy.payloads import (
     expected_packages,
     verify_file,
 )
+from tests.support.payload_files import expected_for
 
 DATA = b"CrAU" + bytes(range(256)) * 40
-
-
-def expected_for(data: bytes, name: str = "flatcar_production_update.gz", *, main: bool = True) -> Expected:
-    sha256 = hashlib.sha256(data).digest()
-    return Expected(
-        name=name,
-        size=len(data),
-        sha256_b64=base64.b64encode(sha256).decode() if main else None,
-        sha256_hex=sha256.hex(),
-        sha1_b64=base64.b64encode(hashlib.sha1(data).digest()).decode(),
-    )
+MAIN = "flatcar_production_update.gz"
 
 
 def test_a_matching_payload_verifies_and_returns_every_hash_form():
-    exp = expected_for(DATA)
+    exp = expected_for(DATA, MAIN)
     digest = copy_verified(io.BytesIO(DATA), exp, chunk_size=100)
     assert digest.size == len(DATA)
     assert digest.sha256_b64 == exp.sha256_b64
@@ -44,7 +35,7 @@ def test_a_matching_payload_verifies_and_returns_every_hash_form():
 
 def test_copy_verified_writes_every_byte_to_the_sink():
     sink = io.BytesIO()
-    copy_verified(io.BytesIO(DATA), expected_for(DATA), sink, chunk_size=7)
+    copy_verified(io.BytesIO(DATA), expected_for(DATA, MAIN), sink, chunk_size=7)
     assert sink.getvalue() == DATA
 
 
@@ -58,9 +49,7 @@ def test_copy_verified_writes_every_byte_to_the_sink():
     ],
 )
 def test_each_wrong_offer_value_fails_naming_that_check(field, value, failed):
-    import dataclasses
-
-    exp = dataclasses.replace(expected_for(DATA), **{field: value})
+    exp = dataclasses.replace(expected_for(DATA, MAIN), **{field: value})
     with pytest.raises(PayloadMismatch) as info:
         copy_verified(io.BytesIO(DATA), exp)
     assert info.value.failed == (failed,)
@@ -69,7 +58,7 @@ def test_each_wrong_offer_value_fails_naming_that_check(field, value, failed):
 
 def test_a_truncated_payload_fails_size_and_every_hash():
     with pytest.raises(PayloadMismatch) as info:
-        copy_verified(io.BytesIO(DATA[:-10]), expected_for(DATA))
+        copy_verified(io.BytesIO(DATA[:-10]), expected_for(DATA, MAIN))
     assert info.value.failed == ("size", "sha256", "hash_sha256", "hash")
     assert f"got {len(DATA) - 10} bytes, offer {len(DATA)}" in str(info.value)
 
@@ -90,14 +79,14 @@ def test_a_stream_longer_than_the_offer_stops_at_once():
 
 
 def test_hex_sha256_is_compared_case_insensitively_like_ue_rs():
-    exp = expected_for(DATA)
+    exp = expected_for(DATA, MAIN)
     upper = Expected(exp.name, exp.size, None, exp.sha256_hex.upper(), None)
     assert copy_verified(io.BytesIO(DATA), upper).size == len(DATA)
 
 
 def test_postinstall_sha256_is_compared_as_a_string_like_update_engine():
     # Same bytes, different base64 spelling (no padding): update_engine would reject it.
-    exp = expected_for(DATA)
+    exp = expected_for(DATA, MAIN)
     unpadded = Expected(exp.name, exp.size, exp.sha256_b64.rstrip("="), None, None)
     with pytest.raises(PayloadMismatch) as info:
         copy_verified(io.BytesIO(DATA), unpadded)
@@ -124,7 +113,7 @@ def test_expected_packages_gives_the_postinstall_hash_to_the_first_package_only(
 
 
 def test_content_sha256_comes_from_either_hash_form():
-    exp = expected_for(DATA)
+    exp = expected_for(DATA, MAIN)
     assert Expected("a", sha256_b64=exp.sha256_b64).content_sha256() == exp.sha256_hex
     assert Expected("a", sha256_hex=exp.sha256_hex.upper()).content_sha256() == exp.sha256_hex
     assert Expected("a", sha256_b64="not base64!").content_sha256() is None
@@ -134,6 +123,6 @@ def test_content_sha256_comes_from_either_hash_form():
 def test_verify_file_reads_a_file_and_reports_a_missing_one(tmp_path):
     path = tmp_path / "payload"
     path.write_bytes(DATA)
-    assert verify_file(path, expected_for(DATA)).size == len(DATA)
+    assert verify_file(path, expected_for(DATA, MAIN)).size == len(DATA)
     with pytest.raises(PayloadError, match="cannot read"):
-        verify_file(tmp_path / "missing", expected_for(DATA))
+        verify_file(tmp_path / "missing", expected_for(DATA, MAIN))
