@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 WAIT_TIMEOUT = 3600.0
 """Seconds a request waits for the download of its package before giving up."""
 
+RETRY_AFTER = 60.0
+"""Seconds after a failed download during which requests fail at once instead of fetching
+again (a broken upstream is not asked once per machine)."""
+
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -177,11 +181,14 @@ class PayloadCache:
         workers: int = 4,
         fetch_timeout: float = FETCH_TIMEOUT,
         wait_timeout: float = WAIT_TIMEOUT,
+        retry_after: float = RETRY_AFTER,
     ) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.fetch_timeout = fetch_timeout
         self.wait_timeout = wait_timeout
+        self.retry_after = retry_after
+        self._failed: dict[str, tuple[float, PayloadError]] = {}
         self.files = self.dir / "files"
         self.files.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _take_lock(self.dir / ".lock")
@@ -323,9 +330,12 @@ class PayloadCache:
                 errors.append(f"{url}: {e}")
                 log.warning("cache: discarded download of %s from %s: %s", source.expected.name, url, e)
                 self._count(source.key, failures=1, last_error=str(e))
-        raise PayloadError(
+        error = PayloadError(
             f"{source.expected.name}: no upstream URL gave a verified copy ({'; '.join(errors)})"
         )
+        with self._lock:
+            self._failed[source.key] = (time.monotonic(), error)
+        raise error
 
     def _fetch_one(self, source: _Source, url: str) -> None:
         partial = self.dir / f"{source.key}.{uuid.uuid4().hex[:8]}.partial"
@@ -353,8 +363,9 @@ class PayloadCache:
 
         Waits (up to ``timeout``, default :attr:`wait_timeout`) for the single download of a
         package not cached yet. Returns None when the offer or name is unknown. Raises
-        PayloadError when the download fails verification or cannot be fetched, or when the
-        wait times out. Counts a hit (cached already) or a miss (had to wait).
+        PayloadError when the download fails verification or cannot be fetched (also, without
+        fetching again, for :attr:`retry_after` seconds after such a failure), or when the wait
+        times out. Counts a hit (cached already) or a miss (had to wait).
         """
         source = self._source(offer, name)
         if source is None:
@@ -377,11 +388,25 @@ class PayloadCache:
             if size is not None:
                 return CachedFile(source.key, name, size, path, hit)
             hit = False
+            self._raise_if_failed_recently(source)
             try:
                 self._ensure(source).result(timeout=wait)
             except FutureTimeout as e:
                 raise PayloadError(f"{name}: still downloading after {wait:.0f} s") from e
         raise PayloadError(f"{name}: evicted as soon as it was stored; the cache size limit is too small")
+
+    def _raise_if_failed_recently(self, source: _Source) -> None:
+        with self._lock:
+            failed = self._failed.get(source.key)
+            if failed is not None and time.monotonic() - failed[0] >= self.retry_after:
+                del self._failed[source.key]
+                failed = None
+            running = source.key in self._inflight
+        if failed is not None and not running:
+            age = time.monotonic() - failed[0]
+            raise PayloadError(
+                f"{failed[1]} ({age:.0f} s ago; fetching again after {self.retry_after:.0f} s)"
+            )
 
     def record_served(self, offer: str, name: str, nbytes: int) -> None:
         """Add ``nbytes`` sent to a client to the served counter of that package."""

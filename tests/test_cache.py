@@ -96,7 +96,11 @@ def test_a_corrupt_upstream_payload_is_never_stored_or_served(tmp_path, release,
         assert [p for p in contents(cache.dir) if p.endswith(".partial")] == []
         assert "discarded download of flatcar_production_update.gz" in caplog.text
         assert cache.stats().failures == 1
-        up.replace(MAIN, files[MAIN])  # the upstream heals: the next request fetches again
+        up.replace(MAIN, files[MAIN])  # the upstream heals, but the failure is remembered a while
+        with pytest.raises(PayloadError, match="fetching again after 60 s"):
+            cache.open_package(offer, MAIN)
+        assert up.gets[MAIN] == 1
+        cache.retry_after = 0
         assert cache.open_package(offer, MAIN).path.read_bytes() == data[MAIN]
         assert up.gets[MAIN] == 2
 
