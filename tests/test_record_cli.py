@@ -19,8 +19,15 @@ from omaha_proxy.recording_sources import parse_since
 from omaha_proxy.replay_server import recording_server, replay_server
 from omaha_proxy.store import Store
 from omaha_proxy.verdict import update_engine_verdict
-from tests.support.replay_data import MACHINE, post, request, response, update_walk, walk_recording
-from tests.test_replay_addon import omaha_flow
+from tests.support.replay_data import (
+    MACHINE,
+    omaha_flow,
+    post,
+    request,
+    response,
+    update_walk,
+    walk_recording,
+)
 
 OTHER = "0123456789abcdef0123456789abcdef"
 

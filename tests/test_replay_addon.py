@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from mitmproxy import exceptions, http
+from mitmproxy import exceptions
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.addons.serverplayback import ServerPlayback
 from mitmproxy.test import taddons, tflow, tutils
@@ -15,20 +15,7 @@ from omaha_proxy import recording
 from omaha_proxy.mitm.replay import OmahaReplay
 from omaha_proxy.recording import PayloadRef, RecordingBuilder
 from omaha_proxy.verdict import update_engine_verdict
-from tests.support.replay_data import MACHINE, request, response, update_walk, walk_recording
-
-
-def omaha_flow(body: bytes, answer: bytes | None = None) -> http.HTTPFlow:
-    req = tutils.treq(
-        method=b"POST",
-        host="up.example",
-        port=80,
-        path=b"/v1/update/",
-        content=body,
-        headers=http.Headers(content_type="text/xml"),
-    )
-    resp = tutils.tresp(content=answer, headers=http.Headers(content_type="text/xml")) if answer else False
-    return tflow.tflow(req=req, resp=resp)
+from tests.support.replay_data import MACHINE, omaha_flow, request, response, update_walk, walk_recording
 
 
 @pytest.fixture

@@ -11,6 +11,9 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
+from mitmproxy import http
+from mitmproxy.test import tflow, tutils
+
 from omaha_proxy.recording import Recording, RecordingBuilder
 from tests.conftest import sample
 
@@ -69,3 +72,17 @@ def post(url: str, body: bytes) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def omaha_flow(body: bytes, answer: bytes | None = None) -> http.HTTPFlow:
+    """A test flow POSTing ``body`` to ``http://up.example/v1/update/`` (answered when ``answer``)."""
+    req = tutils.treq(
+        method=b"POST",
+        host="up.example",
+        port=80,
+        path=b"/v1/update/",
+        content=body,
+        headers=http.Headers(content_type="text/xml"),
+    )
+    resp = tutils.tresp(content=answer, headers=http.Headers(content_type="text/xml")) if answer else False
+    return tflow.tflow(req=req, resp=resp)
