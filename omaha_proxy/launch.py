@@ -94,20 +94,13 @@ def proxy_command(settings: ProxySettings) -> list[str]:
     argv += ["--mode", f"reverse:{settings.upstream}" if settings.upstream else "regular"]
     argv += ["-s", str(script_path())]
     sets = ["connection_strategy=lazy", f"omaha_db={settings.db}"]
-    if settings.block:
-        sets.append(f"omaha_block={settings.block}")
-    if settings.pin:
-        sets.append(f"omaha_pin={settings.pin}")
-    if settings.rollout:
-        sets.append(f"omaha_rollout={settings.rollout}")
-    if settings.allow_downgrade:
-        sets.append("omaha_allow_downgrade=true")
-    if settings.replay:
-        sets.append(f"omaha_replay={settings.replay}")
-    if settings.record:
-        sets.append(f"omaha_record={settings.record}")
-    if settings.redact:
-        sets.append("omaha_redact=true")
+    optional = (
+        ("omaha_block", settings.block), ("omaha_pin", settings.pin), ("omaha_rollout", settings.rollout),
+        ("omaha_allow_downgrade", "true" if settings.allow_downgrade else ""),
+        ("omaha_replay", settings.replay), ("omaha_record", settings.record),
+        ("omaha_redact", "true" if settings.redact else ""),
+    )  # fmt: skip
+    sets += [f"{name}={value}" for name, value in optional if value]
     if settings.web:
         sets += ["web_open_browser=false", f"web_port={settings.web_port}"]
     sets += settings.extra_sets

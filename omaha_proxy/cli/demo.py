@@ -11,6 +11,7 @@ import argparse
 import sys
 from typing import Any
 
+from omaha_proxy.cli._table import format_table
 from omaha_proxy.demo import DemoResult, run_demo
 from omaha_proxy.simulator import format_report
 
@@ -34,15 +35,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+FLEET_COLUMNS = (
+    ("machine_id", "MACHINE"),
+    ("alias", "ALIAS"),
+    ("version", "VERSION"),
+    ("track", "TRACK"),
+    ("state_label", "STATE"),
+    ("last_offer_version", "OFFERED"),
+    ("last_error_name", "LAST ERROR"),
+)
+
+
 def _fleet_table(result: DemoResult) -> str:
-    rows: list[tuple[str, ...]] = [("MACHINE", "ALIAS", "VERSION", "TRACK", "STATE", "OFFERED", "LAST ERROR")]
-    for m in result.fleet:
-        rows.append(tuple(str(v) if v not in (None, "") else "-" for v in (
-            (m["machine_id"] or "")[:12], m["alias"], m["version"], m["track"], m["state_label"],
-            m["last_offer_version"], m["last_error_name"],
-        )))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    rows = [{**m, "machine_id": (m["machine_id"] or "")[:12]} for m in result.fleet]
+    return format_table(rows, FLEET_COLUMNS)
 
 
 def run(args: argparse.Namespace) -> int:
