@@ -95,11 +95,10 @@ def replay_server(
             answer = maybe
         return answer.status, dict(answer.headers), answer.body
 
-    files = {p.name: rec.payload_file(p.name) or Path(p.path) for p in rec.payloads}
+    base = rec.base_dir or Path(".")
     server = OmahaServer(handle, host=host, port=port)
-    if files:
-        server.add_route(PAYLOAD_PATH, mapping_resolver(files))
-    server.player = player  # type: ignore[attr-defined]  # for tests and the CLI summary
+    if rec.payloads:
+        server.add_route(PAYLOAD_PATH, mapping_resolver({p.name: base / p.path for p in rec.payloads}))
     return server
 
 
