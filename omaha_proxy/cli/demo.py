@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  omaha-proxy fleet --db {result.db}")
     print(f"  sqlite3 {result.db} 'SELECT alias, version, state_label FROM instances'")
     print(
-        "Look at the exchanges in mitmweb (Omaha view, one-line comments), then open http://127.0.0.1:8081:"
+        "Look at the exchanges in mitmweb (Omaha view, one-line comments; open the URL with the token it prints):"
     )
     print(f"  omaha-proxy proxy --web --flows {result.flows} --db {result.db}")
     if not result.ok:
