@@ -19,7 +19,8 @@ Any failure ends the attempt with one 3/0 event whose code carries update_engine
 ``noupdate`` produces no event. Payload signatures (CrAU) are not checked.
 
 :func:`simulate` runs many machines with bounded concurrency and total time; the 45-minute
-interval is compressed to ``interval`` seconds (±5/45 fuzz, as update_engine's ±5 min).
+interval is compressed to ``interval`` seconds (±5/45 fuzz, as update_engine's ±5 min), and
+doubles after an HTTP 500/503 up to the 4-hour cap, as update_engine's scheduler does.
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ from omaha_proxy.verdict import Verdict, update_engine_verdict
 
 HTTP_BASE = 2000  # update_engine: kActionCodeOmahaRequestHTTPResponseBase
 RETRY_DELAY = 10 / 2700  # 10 s, as a fraction of the 45-minute interval
-MAX_RESUMES = 20  # libcurl_http_fetcher: a truncated download is resumed up to 20 times
+MAX_RESUMES = 20
+MAX_BACKOFF = (
+    240 / 45
+)  # the interval after repeated HTTP 500/503: at most 4 h instead of 45 min  # libcurl_http_fetcher: a truncated download is resumed up to 20 times
 
 
 class State(enum.StrEnum):
@@ -129,6 +133,7 @@ class SimulatedMachine:
         self.previous_version = "0.0.0.0" if first_boot else ""
         self.pending_version: str | None = None
         self.pings = 0
+        self.backoff = 1.0  # multiplies the next interval after HTTP 500/503
         self.updates = 0
         self.error_codes: list[int] = []
         self.steps: list[Step] = []
@@ -175,6 +180,7 @@ class SimulatedMachine:
             result, t, took = self._post(body)
         if result.status is not None:
             self.previous_version = ""  # the pref is reset once the check went through
+            self._note_status(result.status)
         if not result.ok:
             status = result.status or 0
             code = HTTP_BASE + (0 if 200 <= status < 300 else status)  # a cut 2xx answer: no status
@@ -213,6 +219,8 @@ class SimulatedMachine:
             t = time.monotonic()
             result, received, digest, resumes = self._fetch(url)
             took = time.monotonic() - t
+            if result.status is not None:
+                self._note_status(result.status)
             if not result.ok:
                 self._record("download", url, result, f"failed ({result.error or result.status})", t, took)
                 continue
@@ -292,6 +300,11 @@ class SimulatedMachine:
         result, t, took = self._post(body)
         detail = f"{eventtype}/{eventresult}" + (f" errorcode={errorcode}" if errorcode is not None else "")
         self._record("event", detail, result, "acked" if result.ok else "not delivered", t, took)
+
+    def _note_status(self, status: int) -> None:
+        # update_check_scheduler: a 500 or 503 on the check or the payload doubles the next
+        # interval, capped at 4 h; any other answer brings it back to 45 min.
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF) if status in (500, 503) else 1.0
 
     def _fail(self, code: int) -> None:
         flagged = code | self.flags
@@ -507,7 +520,9 @@ async def _run(
         for n in range(cycles):
             # First check within one interval (update_engine: 7 min ±5 after start), then 45 ±5 min.
             await asyncio.sleep(
-                sim.rng.uniform(0, interval) if n == 0 else interval * sim.rng.uniform(8 / 9, 10 / 9)
+                sim.rng.uniform(0, interval)
+                if n == 0
+                else interval * sim.backoff * sim.rng.uniform(8 / 9, 10 / 9)
             )
             await loop.run_in_executor(pool, sim.tick)
         finished[i] = True

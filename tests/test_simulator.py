@@ -120,6 +120,16 @@ def test_http_503_on_the_check_sends_2503_with_the_flag(tmp_path) -> None:
     assert seen.bodies[-1] == reconstructed("10_event_error_http_503_nonprod_server")
 
 
+def test_http_503_doubles_the_next_interval_up_to_4_hours(tmp_path) -> None:
+    with offering(tmp_path, status=503) as (server, _):
+        machine = SimulatedMachine(SAMPLE_MACHINE, server.omaha_url, HttpClient(timeout=5))
+        factors = []
+        for _ in range(4):
+            machine.tick()
+            factors.append(machine.backoff)
+    assert factors == [2, 4, 240 / 45, 240 / 45]
+
+
 def test_error_internal_answer_becomes_error_34(tmp_path) -> None:
     def refuse(request: Request, raw: bytes, ip: str) -> tuple[int, dict[str, str], bytes]:
         resp = noupdate_response(request)
