@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -77,10 +78,21 @@ def _proxies(stack: contextlib.ExitStack, upstream: str, scratch: Path) -> dict[
     return ports
 
 
+def _actions(db: Path) -> str:
+    """What the log says the proxy did, e.g. ``1550 rewritten`` (proves the mode worked)."""
+    if not db.exists():
+        return "-"
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT action, COUNT(*) FROM exchanges GROUP BY action ORDER BY 2 DESC"
+        ).fetchall()
+    return ", ".join(f"{n} {action}" for action, n in rows) or "none"
+
+
 def run(
     requests: int = 1500, concurrency: int = 8, rounds: int = 5, cap: float = 60.0
-) -> dict[str, LoadResult]:
-    """Measure every mode; returns the merged result per mode."""
+) -> tuple[dict[str, LoadResult], dict[str, str]]:
+    """Measure every mode; returns the merged result per mode and what each log recorded."""
     per_round = max(1, requests // rounds)
     bodies = check_bodies(per_round * rounds)
     raws = [post_bytes("/v1/update/", b) for b in bodies]
@@ -98,11 +110,14 @@ def run(
             order = MODES if r % 2 == 0 else tuple(reversed(MODES))
             for mode in order:
                 results[mode].append(load(ports[mode], chunk, concurrency=concurrency, cap=cap / rounds))
-    return {m: merge(rs) for m, rs in results.items()}
+        dbs = {"bare": "none.db", "logging": "log.db", "logging + pin": "pin.db", "replay": "replay.db"}
+        logged = {mode: _actions(Path(tmp) / name) for mode, name in dbs.items()}
+    return {m: merge(rs) for m, rs in results.items()}, logged
 
 
-def figures(results: dict[str, LoadResult]) -> list[dict[str, object]]:
-    """One row per mode: requests, errors, req/s, p50, p99 (ms) and throughput vs bare."""
+def figures(results: dict[str, LoadResult], logged: dict[str, str]) -> list[dict[str, object]]:
+    """One row per mode: requests, errors, req/s, p50, p99 (ms), throughput vs bare and
+    what the log recorded (including the warm-up)."""
     bare = results["bare"].rps
     rows = []
     for mode, r in results.items():
@@ -115,6 +130,7 @@ def figures(results: dict[str, LoadResult]) -> list[dict[str, object]]:
                 "p50_ms": round(r.percentile(50), 2),
                 "p99_ms": round(r.percentile(99), 2),
                 "vs_bare": round(r.rps / bare, 3) if bare else None,
+                "logged": logged.get(mode, "-"),
             }
         )
     return rows
@@ -134,12 +150,12 @@ def verdicts(rows: list[dict[str, object]]) -> list[str]:
 
 def table(rows: list[dict[str, object]]) -> str:
     lines = [
-        f"{'mode':<15} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}"
+        f"{'mode':<15} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8}  logged"
     ]
     for row in rows:
         lines.append(
             f"{row['mode']:<15} {row['requests']:>8} {row['errors']:>6} {row['req_per_s']:>8} "
-            f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['vs_bare']:>8}"
+            f"{row['p50_ms']:>8} {row['p99_ms']:>8} {row['vs_bare']:>8}  {row['logged']}"
         )
     return "\n".join(lines)
 
@@ -151,7 +167,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per mode")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    rows = figures(run(args.requests, args.concurrency, args.rounds))
+    rows = figures(*run(args.requests, args.concurrency, args.rounds))
     if args.json:
         print(json.dumps({"rows": rows, "verdicts": verdicts(rows)}, indent=2))
     else:
