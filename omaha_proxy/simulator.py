@@ -436,12 +436,15 @@ def make_fleet(
     track: str = "stable",
     oem: str = "qemu",
     board: str = "amd64-usr",
+    alias_prefix: str = "sim-",
     seed: int | None = 0,
 ) -> list[Machine]:
-    """``count`` machines with reproducible random ids (aliases ``sim-001``...)."""
+    """``count`` machines with reproducible random ids, aliased ``<alias_prefix>001``..."""
     rng = random.Random(seed)
     return [
-        Machine.random(rng, version=version, track=track, oem=oem, board=board, alias=f"sim-{i + 1:03d}")
+        Machine.random(
+            rng, version=version, track=track, oem=oem, board=board, alias=f"{alias_prefix}{i + 1:03d}"
+        )
         for i in range(count)
     ]
 
@@ -463,6 +466,7 @@ def simulate(
     first_boot: bool = False,
     interactive: bool = False,
     reboot_after: int = 1,
+    alias_prefix: str = "sim-",
     seed: int | None = 0,
 ) -> SimulationReport:
     """Run ``machines`` simulated update_engines against ``url`` (the ``SERVER`` value).
@@ -471,10 +475,15 @@ def simulate(
     45 minutes; the first tick comes within one interval). At most ``concurrency`` ticks run
     at once; ``timeout`` bounds the whole run (machines cut short are reported
     ``unfinished``). ``proxy`` sends everything through an HTTP proxy (regular mode).
-    Returns a :class:`SimulationReport`; network trouble is reported, never raised.
+    When ``machines`` is a count, ``version``, ``track``, ``oem``, ``board``, ``alias_prefix``
+    and ``seed`` shape the generated fleet (:func:`make_fleet`); a sequence of
+    :class:`Machine` is used as given. Returns a :class:`SimulationReport`; network trouble
+    is reported, never raised; raises ValueError for impossible parameters.
     """
     fleet = (
-        make_fleet(machines, version=version, track=track, oem=oem, board=board, seed=seed)
+        make_fleet(
+            machines, version=version, track=track, oem=oem, board=board, alias_prefix=alias_prefix, seed=seed
+        )
         if isinstance(machines, int)
         else list(machines)
     )

@@ -41,6 +41,27 @@ def test_simulate_json_report(tmp_path, capsys) -> None:
     )
 
 
+def test_simulate_alias_prefix_names_the_machines(tmp_path, capsys) -> None:
+    with package_server(tmp_path) as server:
+        main(
+            [
+                "simulate",
+                server.omaha_url,
+                "--machines",
+                "2",
+                "--cycles",
+                "1",
+                "--alias-prefix",
+                "canary-",
+                "--json",
+            ]
+        )
+    assert [m["alias"] for m in json.loads(capsys.readouterr().out)["machines"]] == [
+        "canary-001",
+        "canary-002",
+    ]
+
+
 def test_simulate_refuses_bad_numbers(capsys) -> None:
     assert main(["simulate", "http://127.0.0.1:1/v1/update/", "--concurrency", "0"]) == 2
     assert "concurrency" in capsys.readouterr().err

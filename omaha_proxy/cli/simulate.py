@@ -53,6 +53,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--reboot-after", type=int, default=1, help="ping-only ticks before the reboot (default 1)"
     )
+    p.add_argument(
+        "--alias-prefix", default="sim-", help="MACHINE_ALIAS prefix: sim-001, sim-002... (default sim-)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for machine ids and timing fuzz (default 0)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run)
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             first_boot=args.first_boot,
             interactive=args.interactive,
             reboot_after=args.reboot_after,
+            alias_prefix=args.alias_prefix,
             seed=args.seed,
         )
     except ValueError as e:
