@@ -51,12 +51,10 @@ def _sparse(path: Path, size: int) -> None:
         f.write(b"\x01")
 
 
-def _start_mitmdump(
-    upstream: str, cache: Path, scratch: Path
-) -> tuple[subprocess.Popen[str], int, list[str]]:
+def _start_mitmdump(mode: str, cache: Path, scratch: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
     cmd = [
         str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(ROOT / "addons/omaha.py"),
-        "--mode", f"reverse:{upstream}", "--set", "flow_detail=0", "--set", f"omaha_db={scratch / 'omaha.db'}",
+        "--mode", mode, "--set", "flow_detail=0", "--set", f"omaha_db={scratch / 'omaha.db'}",
         "--set", f"omaha_cache={cache}", "--set", "omaha_cache_listen=127.0.0.1:0",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=scratch, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -76,8 +74,14 @@ def _start_mitmdump(
     raise RuntimeError("mitmdump did not start:\n" + "\n".join(lines))
 
 
-def run(size_mb: int = 1024, machines: int = 10, timeout: float = 600.0) -> dict[str, object]:
-    """Measure; returns the figures (``peak_rss_mb`` is the proxy's VmHWM)."""
+def run(
+    size_mb: int = 1024, machines: int = 10, timeout: float = 600.0, regular: bool = False
+) -> dict[str, object]:
+    """Measure; returns the figures (``peak_rss_mb`` is the proxy's VmHWM).
+
+    ``regular``: mitmdump in regular mode, the machines sending everything (Omaha and the
+    payload GETs from the cache) through it as their HTTP proxy, as with ``ALL_PROXY``.
+    """
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         scratch = Path(tmp)
         payload = scratch / "payload.gz"
@@ -87,12 +91,15 @@ def run(size_mb: int = 1024, machines: int = 10, timeout: float = 600.0) -> dict
             handler, files={"/packages/": mapping_resolver({"flatcar_production_update.gz": payload})}
         )
         with upstream:
-            proc, port, _lines = _start_mitmdump(upstream.url, scratch / "cache", scratch)
+            mode = "regular" if regular else f"reverse:{upstream.url}"
+            proc, port, _lines = _start_mitmdump(mode, scratch / "cache", scratch)
             try:
                 idle_kib = _kib(proc.pid, "VmRSS")
                 started = time.monotonic()
-                report = simulate(f"http://127.0.0.1:{port}/v1/update/", machines, concurrency=machines, cycles=1,
-                                  timeout=timeout, request_timeout=timeout, oem="")  # fmt: skip
+                proxy = f"http://127.0.0.1:{port}"
+                report = simulate(upstream.omaha_url if regular else proxy + "/v1/update/", machines,
+                                  concurrency=machines, cycles=1, timeout=timeout, request_timeout=timeout, oem="",
+                                  proxy=proxy if regular else None)  # fmt: skip
                 took = time.monotonic() - started
                 peak_kib = _kib(proc.pid, "VmHWM")
             finally:
@@ -104,6 +111,7 @@ def run(size_mb: int = 1024, machines: int = 10, timeout: float = 600.0) -> dict
             stats = read_stats(scratch / "cache")
     downloads = [s for m in report.machines for s in m.steps if s.kind == "download"]
     return {
+        "mode": "regular" if regular else "reverse",
         "payload_mb": size_mb,
         "machines": machines,
         "updated": report.summary().get("waiting-reboot", 0) + report.summary().get("updated", 0),
@@ -123,14 +131,19 @@ def main() -> int:
     )
     parser.add_argument("--size-mb", type=int, default=1024, help="payload size in MiB (default 1024)")
     parser.add_argument("--machines", type=int, default=10, help="machines downloading at once (default 10)")
+    parser.add_argument(
+        "--regular",
+        action="store_true",
+        help="regular proxy mode: the payload GETs pass through mitmdump too",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    result = run(args.size_mb, args.machines)
+    result = run(args.size_mb, args.machines, regular=args.regular)
     if args.json:
         print(json.dumps(result))
     else:
         print(
-            f"{result['machines']} machines x {result['payload_mb']} MiB through the cache in {result['seconds']} s "
+            f"{result['mode']} mode: {result['machines']} machines x {result['payload_mb']} MiB through the cache in {result['seconds']} s "
             f"({result['downloads_ok']} verified downloads, fetched {result['fetched_mb']} MiB once, served "
             f"{result['served_mb']} MiB): proxy peak RSS {result['peak_rss_mb']} MB (idle {result['idle_rss_mb']} MB, "
             f"target < {TARGET_MB} MB)"

@@ -138,3 +138,16 @@ def test_changing_the_size_limit_keeps_the_file_server(tmp_path):
         assert addon.server.port == port and addon.cache.max_bytes == 1 << 30
         tctx.configure(addon, omaha_cache="")
         assert addon.server is None and addon.cache is None
+
+
+def test_payload_downloads_through_the_proxy_are_streamed_not_buffered():
+    addon = OmahaCache()
+    get = tflow.tflow(
+        req=tutils.treq(method=b"GET", path=b"/omaha-proxy/cache/abc/flatcar_production_update.gz")
+    )
+    get.response = tutils.tresp()
+    addon.responseheaders(get)
+    assert get.response.stream is True
+    other = tflow.tflow(req=tutils.treq(method=b"GET", path=b"/elsewhere"), resp=True)
+    addon.responseheaders(other)
+    assert not other.response.stream

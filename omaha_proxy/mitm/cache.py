@@ -24,7 +24,14 @@ from mitmproxy import ctx, exceptions, http
 
 from omaha_proxy.build import with_codebase
 from omaha_proxy.cache import PayloadCache, parse_size
-from omaha_proxy.cache_server import CacheServer, cache_codebase, parse_base_url, parse_listen, url_host
+from omaha_proxy.cache_server import (
+    CACHE_PREFIX,
+    CacheServer,
+    cache_codebase,
+    parse_base_url,
+    parse_listen,
+    url_host,
+)
 from omaha_proxy.codec import encode, parse_response
 from omaha_proxy.errors import CodecError, PayloadError
 from omaha_proxy.mitm.common import (
@@ -157,6 +164,12 @@ class OmahaCache:
         if self.server is not None:
             self.server.stop()
         if self.cache is not None:
+            stats = self.cache.stats()
+            logger.info(
+                "omaha cache: %d hits, %d misses, %d failed downloads; fetched %d bytes, served %d, saved %d",
+                stats.hits, stats.misses, stats.failures, stats.bytes_fetched, stats.bytes_served,
+                stats.bytes_saved,
+            )  # fmt: skip
             self.cache.close()
         self.server, self.cache, self.config = None, None, None
 
@@ -173,6 +186,12 @@ class OmahaCache:
             # The address the machine connected to is one it can reach us at.
             host = (flow.client_conn.sockname or ("127.0.0.1",))[0] or "127.0.0.1"
         return f"http://{url_host(host)}:{self.server.port}"
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Stream payloads fetched from the cache *through* the proxy (regular mode, machines
+        with ``ALL_PROXY``) instead of buffering them in mitmproxy's memory."""
+        if flow.request.method == "GET" and flow.request.path.startswith(CACHE_PREFIX) and flow.response:
+            flow.response.stream = True
 
     def response(self, flow: http.HTTPFlow) -> None:
         """Rewrite an upstream offer's codebases to the cache and start fetching its packages."""
