@@ -419,6 +419,7 @@ def format_report(report: SimulationReport) -> str:
         rows.append((m.machine_id[:12], m.alias, m.start_version, m.version, m.outcome, str(len(m.steps)),
                      ",".join(str(c) for c in m.error_codes) or "-"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    rows.insert(1, tuple("-" * w for w in widths))
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     counts = ", ".join(f"{n} {k}" for k, n in sorted(report.summary().items()))
     rate = report.requests / report.duration if report.duration else 0.0
