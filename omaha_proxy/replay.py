@@ -253,6 +253,7 @@ Keys = dict[str, Hashable]
 class _Track:
     name: str
     exchanges: list[tuple[Exchange, Keys | None]]
+    kinds: list[Hashable]  # each exchange's ``kind`` key, whatever the chosen matchers
 
 
 class Player:
@@ -269,8 +270,9 @@ class Player:
         for exchange in recording.exchanges:
             name = exchange.machine or "(no machine)"
             recorded = _parse(exchange)
-            keys = None if recorded is None else self._keys(recorded)
-            tracks.setdefault(name, _Track(name, [])).exchanges.append((exchange, keys))
+            track = tracks.setdefault(name, _Track(name, [], []))
+            track.exchanges.append((exchange, None if recorded is None else self._keys(recorded)))
+            track.kinds.append(None if recorded is None else kind(recorded))
         self._tracks = list(tracks.values())
         self._bindings: dict[str, _Track] = {}
         self._cursors: dict[str, int] = {}
@@ -310,8 +312,15 @@ class Player:
             reason = f"{how} #{exchange.seq} ({track.name})"
             return Hit(answer, exchange, track.name, reason, repeat)
         if request.apps and all(app_kind(a) in (RequestKind.EVENT, RequestKind.PING) for a in request.apps):
-            # update_engine never parses the answer to an event or a ping: any ack will do.
+            # update_engine never parses the answer to an event or a ping: any ack will do, but
+            # a recorded answer to the same kind of request keeps the upstream's shape.
             self.hits += 1
+            like = self._like(track, kind(request))
+            if like is not None:
+                t, exchange = like
+                return Hit(
+                    recorded_answer(exchange), exchange, t.name, f"like #{exchange.seq} ({t.name})", True
+                )
             body = codec.encode(build.ack_response(request))
             return Hit(Answer(200, _XML_HEADERS, body), None, track.name if track else None, "acked")
         self.misses += 1
@@ -343,6 +352,14 @@ class Player:
         for i in range(min(cursor, len(entries)) - 1, -1, -1):
             if entries[i][1] == live:
                 return track, i, True
+        return None
+
+    def _like(self, track: _Track | None, kind_key: Hashable) -> tuple[_Track, Exchange] | None:
+        """A recorded exchange of the same kind (its machine's first, else anyone's)."""
+        for t in ([track] if track else []) + [t for t in self._tracks if t is not track]:
+            for (exchange, _), recorded_kind in zip(t.exchanges, t.kinds, strict=True):
+                if recorded_kind == kind_key:
+                    return t, exchange
         return None
 
     def _bind(self, key: str, live: Keys) -> tuple[_Track, int, bool] | None:

@@ -105,6 +105,14 @@ def test_unrecorded_events_and_pings_are_acked() -> None:
     assert codec.parse_response(hit.answer.body).apps[0].events[0].status == "ok"
 
 
+def test_an_event_matching_nothing_gets_a_recorded_answer_to_the_same_kind_of_event() -> None:
+    player = Player(walk_recording())
+    hit = play(player, request("06_event_download_started", version="9.9.9"))
+    assert isinstance(hit, Hit) and hit.exchange is not None
+    assert (hit.exchange.seq, hit.reason, hit.repeat) == (2, "like #2 (machine-1)", True)
+    assert player.bindings == {}  # no recorded session was entered
+
+
 def test_matchers_are_chosen_by_name() -> None:
     # Without "version", a machine at any version replays the recorded offer.
     player = Player(walk_recording(), matchers="appid,track,kind")
