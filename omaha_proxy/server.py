@@ -28,6 +28,7 @@ import email.utils
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -250,6 +251,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve_file(self, resolver: FileResolver, name: str) -> None:
         try:
             path = resolver(name)
+        except Exception:
+            log.exception("file resolver failed for %s", self._path)
+            self._send_text(500, "Internal error while looking up the file\n")
+            return
+        try:
             f = open(path, "rb") if path is not None else None  # noqa: SIM115 - closed below
         except OSError:
             f = None
@@ -351,6 +357,14 @@ class _HTTPServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that goes away mid-download (update_engine aborted, a timeout) is normal.
+        exc = sys.exception()
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("%s went away: %s", client_address[0], exc)
+        else:
+            log.exception("error while serving %s", client_address[0])
 
 
 def _no_omaha(request: Request, raw: bytes, client_ip: str) -> tuple[int, dict[str, str], bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import re
 import socket
@@ -264,3 +265,28 @@ def test_a_large_sparse_file_streams_with_flat_server_memory(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_a_failing_resolver_gets_500_not_a_dropped_connection(tmp_path, caplog) -> None:
+    def broken(name: str) -> Path | None:
+        raise RuntimeError("resolver bug")
+
+    with OmahaServer(files={"/x/": broken}) as srv:
+        status, _, body = fetch(srv, "GET", "/x/anything")
+    assert status == 500 and b"Internal error" in body
+    assert "resolver bug" in caplog.text
+
+
+def test_a_client_leaving_mid_download_is_not_an_error(tmp_path, caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="omaha_proxy.server")
+    with open(tmp_path / "big", "wb") as f:
+        f.truncate(64 << 20)
+    with OmahaServer(files={"/d/": directory_resolver(tmp_path)}) as srv:
+        with socket.create_connection((srv.host, srv.port), timeout=5) as s:
+            s.sendall(b"GET /d/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.recv(65536)
+        time.sleep(0.3)
+        status, _, _ = fetch(srv, "HEAD", "/d/big")  # still serving
+    assert status == 200
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "went away" in caplog.text
