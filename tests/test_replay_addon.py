@@ -172,3 +172,18 @@ def test_keep_ids_records_real_machine_ids(tmp_path: Path) -> None:
         tctx.configure(addon, omaha_record=str(out), omaha_record_keep_ids=True)
         addon.response(omaha_flow(update_walk()[0][0], response("updatecheck_update_ok")))
     assert recording.load(out).machines == (MACHINE,)
+
+
+def test_commands_show_and_reset_the_play_state(walk_file: Path) -> None:
+    addon = OmahaReplay()
+    with taddons.context(addon) as tctx:
+        assert tctx.master.commands.call("omaha.replay.status") == "omaha_replay is off"
+        tctx.configure(addon, omaha_replay=str(walk_file))
+        for req, _ in update_walk()[:2]:
+            addon.request(omaha_flow(req))
+        status = tctx.master.commands.call("omaha.replay.status")
+        assert "2 hits, 0 misses" in status and f"{MACHINE} -> machine-1" in status
+        tctx.master.commands.call("omaha.replay.reset")
+        again = omaha_flow(update_walk()[0][0])
+        addon.request(again)
+        assert again.metadata["omaha_reason"] == "recorded #1 (machine-1)"

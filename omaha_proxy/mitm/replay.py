@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
@@ -184,6 +184,23 @@ class OmahaReplay:
 
     def done(self) -> None:
         self._flush()
+
+    @command.command("omaha.replay.status")
+    def status(self) -> str:
+        """What is replayed: hits, misses, and which live machine replays which recorded one."""
+        if self.player is None:
+            return "omaha_replay is off"
+        p = self.player
+        lines = [f"replaying {ctx.options.omaha_replay}: {p.hits} hits, {p.misses} misses"]
+        lines += [f"  {live or '(no machine id)'} -> {recorded}" for live, recorded in p.bindings.items()]
+        return "\n".join(lines)
+
+    @command.command("omaha.replay.reset")
+    def reset(self) -> str:
+        """Start every replayed session over (forget machine bindings and positions)."""
+        if self.player is not None:
+            self.player.reset()
+        return self.status()
 
     def _flush(self) -> None:
         # Like mitmproxy's save addon: a recording that cannot be written is an error, not a shrug.
