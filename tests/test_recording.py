@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omaha_proxy import recording
 from omaha_proxy.errors import RecordingError
@@ -143,3 +145,24 @@ def test_payload_entries_resolve_relative_to_the_recording(tmp_path: Path) -> No
     assert rec.payload_file("flatcar_production_update.gz") == tmp_path / "payloads/update.gz"
     assert rec.payload("flatcar_production_update.gz").size == 10  # type: ignore[union-attr]
     assert rec.payload_file("nope.gz") is None
+
+
+@given(
+    machines=st.lists(
+        st.text("0123456789abcdef", min_size=32, max_size=32), min_size=1, max_size=4, unique=True
+    ),
+    order=st.lists(st.integers(0, 3), min_size=1, max_size=12),
+)
+@settings(max_examples=40, deadline=None)
+def test_scrubbing_leaves_no_id_and_gives_each_machine_one_placeholder(
+    machines: list[str], order: list[int]
+) -> None:
+    builder = RecordingBuilder(source="tests")
+    sent = [machines[i % len(machines)] for i in order]
+    for machine in sent:
+        builder.add(request("06_event_download_started", machine=machine), response("event_ack"))
+    text = recording.dumps(builder.recording())
+    assert not any(m in text for m in machines)
+    placeholders = [e.machine for e in builder.recording().exchanges]
+    # Same machine -> same placeholder; different machines -> different placeholders.
+    assert len(set(zip(sent, placeholders, strict=True))) == len(set(sent)) == len(set(placeholders))
