@@ -18,9 +18,9 @@ client too, and so it does here.
 from __future__ import annotations
 
 import dataclasses
-from random import Random
 import uuid
 from dataclasses import dataclass
+from random import Random
 
 FLATCAR_APPID = "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}"
 UPDATER_VERSION = "update_engine-0.4.10"
