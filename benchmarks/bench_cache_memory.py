@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from omaha_proxy.cache import read_stats  # noqa: E402
+from omaha_proxy.cache import CacheStats, read_stats  # noqa: E402
 from omaha_proxy.serve_package import PackageServer, load_packages  # noqa: E402
 from omaha_proxy.server import OmahaServer, mapping_resolver  # noqa: E402
 from omaha_proxy.simulator import simulate  # noqa: E402
@@ -74,6 +74,17 @@ def _start_mitmdump(mode: str, cache: Path, scratch: Path) -> tuple[subprocess.P
     raise RuntimeError("mitmdump did not start:\n" + "\n".join(lines))
 
 
+def settled_stats(cache: Path, served: int, wait: float = 5.0) -> CacheStats:
+    """The cache's figures once ``served`` bytes are counted (the file server counts a
+    download just after its last byte went out), or after ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    stats = read_stats(cache)
+    while stats.bytes_served < served and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = read_stats(cache)
+    return stats
+
+
 def run(
     size_mb: int = 1024, machines: int = 10, timeout: float = 600.0, regular: bool = False
 ) -> dict[str, object]:
@@ -101,6 +112,7 @@ def run(
                                   concurrency=machines, cycles=1, timeout=timeout, request_timeout=timeout, oem="",
                                   proxy=proxy if regular else None)  # fmt: skip
                 took = time.monotonic() - started
+                stats = settled_stats(scratch / "cache", machines * (size_mb << 20))
                 peak_kib = _kib(proc.pid, "VmHWM")
             finally:
                 proc.send_signal(signal.SIGINT)
@@ -108,7 +120,6 @@ def run(
                     proc.wait(timeout=15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-            stats = read_stats(scratch / "cache")
     downloads = [s for m in report.machines for s in m.steps if s.kind == "download"]
     return {
         "mode": "regular" if regular else "reverse",
