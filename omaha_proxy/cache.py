@@ -11,8 +11,8 @@ Layout of the cache directory::
 An offer passed through the proxy is *registered* (:meth:`PayloadCache.register_offer`):
 its packages, what they must verify against and the upstream URLs they come from are kept
 in the index under an *offer key*, which becomes part of the rewritten codebase. A client
-then asks for ``(offer key, package name)``; :meth:`PayloadCache.open_package` returns an
-open file once the package is in ``files/``. The first such request (or a prefetch) starts
+then asks for ``(offer key, package name)``; :meth:`PayloadCache.open_package` returns the
+verified file once the package is in ``files/``. The first such request (or a prefetch) starts
 one download in a worker thread; every other request for the same package waits for that
 download (single flight). A download is streamed to a ``.partial`` file, verified with
 :mod:`omaha_proxy.payloads`, fsynced and renamed into place; one that fails verification is

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import BinaryIO
 
 from omaha_proxy.errors import PayloadError
 from omaha_proxy.model import Manifest, Response, UpdateCheckResponse
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 CHUNK_SIZE = 1 << 20
 """Bytes read or written per step when streaming a payload."""
@@ -61,14 +64,17 @@ class Expected:
         return bool(self.sha256_b64 or self.sha256_hex or self.sha1_b64)
 
     def content_sha256(self) -> str | None:
-        """The SHA-256 the content must have, as lowercase hex, from either form; else None."""
+        """The SHA-256 the content must have, as lowercase hex, from either form; None when
+        the offer gives none or only a malformed one (never a string unsafe as a file name)."""
         if self.sha256_hex:
-            return self.sha256_hex.lower()
+            value = self.sha256_hex.lower()
+            return value if _HEX64.fullmatch(value) else None
         if self.sha256_b64:
             try:
-                return base64.b64decode(self.sha256_b64, validate=True).hex()
+                digest = base64.b64decode(self.sha256_b64, validate=True)
             except (binascii.Error, ValueError):
                 return None
+            return digest.hex() if len(digest) == 32 else None
         return None
 
 

@@ -52,6 +52,13 @@ def test_parse_size_accepts_units_and_names_valid_forms_when_wrong():
             parse_size(bad)
 
 
+def test_a_hostile_hash_never_becomes_a_path(tmp_path):
+    from omaha_proxy.payloads import Expected
+
+    key = package_key(Expected("x.gz", size=5, sha256_hex="../../../escape"), "1")
+    assert key.startswith("id-") and "/" not in key
+
+
 def test_keys_are_content_addressed_and_offers_stable(release):
     _, expected, _ = release
     assert package_key(expected[0], "1.0") == package_key(expected[0], "2.0") == expected[0].sha256_hex

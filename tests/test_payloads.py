@@ -117,6 +117,9 @@ def test_content_sha256_comes_from_either_hash_form():
     assert Expected("a", sha256_b64=exp.sha256_b64).content_sha256() == exp.sha256_hex
     assert Expected("a", sha256_hex=exp.sha256_hex.upper()).content_sha256() == exp.sha256_hex
     assert Expected("a", sha256_b64="not base64!").content_sha256() is None
+    # Offer values end up in file names: anything but a real SHA-256 is not used.
+    assert Expected("a", sha256_hex="../../etc/passwd").content_sha256() is None
+    assert Expected("a", sha256_b64=base64.b64encode(b"short").decode()).content_sha256() is None
     assert not Expected("a", size=3).has_hash
 
 
