@@ -222,16 +222,17 @@ class PayloadCache:
         self.close()
 
     def _reconcile(self) -> None:
-        """Make the index agree with ``files/``: unknown files go, missing files are absent."""
-        on_disk = {p.name for p in self.files.iterdir() if p.is_file()}
+        """Make the index agree with ``files/``: unknown files and files of the wrong size go,
+        missing files are marked absent."""
+        on_disk = {p.name: p.stat().st_size for p in self.files.iterdir() if p.is_file()}
         with self._lock:
-            rows = self._db.execute("SELECT key FROM packages WHERE present = 1").fetchall()
-            for (key,) in rows:
-                if key not in on_disk:
+            rows = self._db.execute("SELECT key, size FROM packages WHERE present = 1").fetchall()
+            for key, size in rows:
+                if on_disk.get(key) != size:
                     self._db.execute("UPDATE packages SET present = 0 WHERE key = ?", (key,))
             known = {k for (k,) in self._db.execute("SELECT key FROM packages WHERE present = 1")}
-        for name in on_disk - known:
-            log.info("cache: removing %s, not in the index", name)
+        for name in on_disk.keys() - known:
+            log.info("cache: removing %s, not in the index (or of the wrong size)", name)
             (self.files / name).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ offers
@@ -284,7 +285,7 @@ class PayloadCache:
         futures = []
         for name in self.names(offer):
             source = self._source(offer, name)
-            if source is not None:
+            if source is not None and not self._failed_recently(source.key):
                 futures.append(self._ensure(source))
         return futures
 
@@ -395,14 +396,19 @@ class PayloadCache:
                 raise PayloadError(f"{name}: still downloading after {wait:.0f} s") from e
         raise PayloadError(f"{name}: evicted as soon as it was stored; the cache size limit is too small")
 
-    def _raise_if_failed_recently(self, source: _Source) -> None:
+    def _failed_recently(self, key: str) -> tuple[float, PayloadError] | None:
+        """``(monotonic time, error)`` of the last failed download of ``key`` when it is less
+        than :attr:`retry_after` seconds old and no new download runs; else None."""
         with self._lock:
-            failed = self._failed.get(source.key)
+            failed = self._failed.get(key)
             if failed is not None and time.monotonic() - failed[0] >= self.retry_after:
-                del self._failed[source.key]
+                del self._failed[key]
                 failed = None
-            running = source.key in self._inflight
-        if failed is not None and not running:
+            return None if key in self._inflight else failed
+
+    def _raise_if_failed_recently(self, source: _Source) -> None:
+        failed = self._failed_recently(source.key)
+        if failed is not None:
             age = time.monotonic() - failed[0]
             raise PayloadError(
                 f"{failed[1]} ({age:.0f} s ago; fetching again after {self.retry_after:.0f} s)"

@@ -175,9 +175,16 @@ def test_the_cache_survives_a_restart_and_refuses_a_second_process(tmp_path, rel
                 PayloadCache(tmp_path / "c", 1 << 30)
         with PayloadCache(tmp_path / "c", 1 << 30) as cache:
             assert cache.open_package(offer, MAIN).hit
-        assert up.gets == {MAIN: 1}
+            cache.open_package(offer, OEM)
+        assert up.gets == {MAIN: 1, OEM: 1}
+        (tmp_path / "c" / "files" / expected[1].sha256_hex).write_bytes(b"damaged on disk")
+        (tmp_path / "c" / "files" / "stray").write_bytes(b"?")
+        with PayloadCache(tmp_path / "c", 1 << 30) as cache:
+            assert sorted(p.name for p in cache.files.iterdir()) == [expected[0].sha256_hex]
+            assert not cache.open_package(offer, OEM).hit
+        assert up.gets == {MAIN: 1, OEM: 2}
     stats = read_stats(tmp_path / "c")
-    assert stats.hits == 1 and stats.misses == 1
+    assert stats.hits == 1 and stats.misses == 3
     with pytest.raises(PayloadError, match="not a payload cache"):
         read_stats(tmp_path)
 
