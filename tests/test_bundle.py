@@ -218,3 +218,29 @@ def test_the_cli_exports_and_verifies_a_bundle(tmp_path, capsys):
     assert main(["bundle", "verify", str(tmp_path / "x")]) == 1
     assert "tampered or incomplete bundle" in capsys.readouterr().err
     assert main(["bundle", "serve", str(tmp_path / "x"), "--listen", "127.0.0.1:0"]) == 1
+
+
+def test_bundle_serve_runs_as_a_command_until_interrupted(exported, tmp_path):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    bundle, _, _ = exported
+    cmd = [str(Path(sys.executable).parent / "omaha-proxy"), "bundle", "serve", str(bundle.root),
+           "--listen", "127.0.0.1:0", "--db", str(tmp_path / "site.db")]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        url = None
+        deadline = time.monotonic() + 20
+        while url is None and time.monotonic() < deadline:
+            match = re.search(r"SERVER=(http://\S+)", proc.stderr.readline())
+            url = match.group(1) if match else None
+        assert url is not None, "bundle serve did not start"
+        assert simulate(url, 1, cycles=3, timeout=30).summary() == {"updated": 1}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    with Store(tmp_path / "site.db") as store:
+        assert store.count() > 0
