@@ -15,11 +15,11 @@ A bundle is a directory (or an uncompressed tar archive of one)::
      "files": [{"name": "flatcar_production_update.gz", "path": "packages/flatcar_production_update.gz",
                 "size": 478150656, "sha256": "<hex>"}, ...]}
 
-:func:`export_bundle` takes the offer from the SQLite log (:meth:`Store.latest_offer`) or a
-recording, downloads every package from the offer's own URLs and verifies it against the
-offer (size, postinstall sha256, ``hash_sha256``, ``hash``). :func:`load_bundle` refuses a
-bundle whose manifest, offer or files do not check out (:class:`BundleError`), reading
-every file once. Serving is in :mod:`omaha_proxy.bundle_server`.
+:func:`export_bundle` takes the offer from the SQLite log (the rule of
+:meth:`Store.latest_offer`, with the asking machine's board) or a recording, downloads
+every package from the offer's own URLs and verifies it against the offer (size,
+postinstall sha256, ``hash_sha256``, ``hash``). :func:`load_bundle` refuses a bundle whose
+manifest, offer or files do not check out (:class:`BundleError`), reading every file once. Serving is in :mod:`omaha_proxy.bundle_server`.
 """
 
 from __future__ import annotations
@@ -123,8 +123,10 @@ def offer_from_log(
 ) -> FoundOffer:  # fmt: skip
     """The newest offer of ``version`` the upstream sent, from the proxy's SQLite log.
 
-    With ``board``, only offers made to machines of that board count. Raises BundleError
-    when the log has none (or cannot be read).
+    The same rule as :meth:`Store.latest_offer` (the upstream's own body, also when the proxy
+    rewrote what it delivered), plus the board and track of the machine it was made to, so
+    the bundle is only served to machines of that board. ``appid``/``board``/``track``
+    narrow the search. Raises BundleError when the log has no such offer or cannot be read.
     """
     from omaha_proxy.store import Store  # the log is optional for everything else here
 
@@ -132,41 +134,38 @@ def offer_from_log(
         raise BundleError(f"no such log: {db}")
     try:
         with Store(Path(db)) as store:
-            if board is None:
-                raw = store.latest_offer(version=version, appid=appid, track=track)
-            else:
-                raw = _latest_offer_for_board(store.db.conn, version, appid, board, track)
+            row = _latest_offer(store.db.conn, version, appid, board, track)
     except (StoreError, sqlite3.Error) as e:
         raise BundleError(f"cannot read offers from {db}: {e}") from e
-    if raw is None:
+    if row is None:
         wanted = ", ".join(f"{k} {v}" for k, v in (("appid", appid), ("board", board), ("track", track)) if v)
         raise BundleError(
             f"the log {db} holds no upstream offer of {version}" + (f" ({wanted})" if wanted else "")
         )
-    return _found(raw, version, appid, board, track, origin=str(db))
+    raw, asked_board, asked_track = row
+    return _found(raw, version, appid, board or asked_board, track or asked_track, origin=str(db))
 
 
-def _latest_offer_for_board(
-    conn: sqlite3.Connection, version: str, appid: str | None, board: str, track: str | None
-) -> bytes | None:
-    # Same rule as Store.latest_offer (the upstream's body, original when the proxy rewrote
-    # it), restricted to offers answering an app of the wanted board.
+def _latest_offer(
+    conn: sqlite3.Connection, version: str, appid: str | None, board: str | None, track: str | None
+) -> tuple[bytes, str | None, str | None] | None:
+    """``(upstream body, board, track)`` of the newest upstream offer of ``version``."""
     sql = (
-        "SELECT o.delivered, e.response_xml, e.upstream_response_xml FROM offers o"
+        "SELECT o.delivered, e.response_xml, e.upstream_response_xml, a.board, o.track FROM offers o"
         " JOIN exchanges e ON e.id = o.exchange_id"
-        " JOIN apps a ON a.exchange_id = o.exchange_id AND a.appid IS o.appid"
-        " WHERE o.status = 'ok' AND o.source = 'upstream' AND o.version = ? AND a.board = ?"
+        " LEFT JOIN apps a ON a.exchange_id = o.exchange_id AND a.appid IS o.appid"
+        " WHERE o.status = 'ok' AND o.source = 'upstream' AND o.version = ?"
     )
-    params: list[Any] = [version, board]
-    for column, value in (("appid", appid), ("track", track)):
+    params: list[Any] = [version]
+    for column, value in (("o.appid", appid), ("a.board", board), ("o.track", track)):
         if value is not None:
-            sql += f" AND o.{column} = ?"
+            sql += f" AND {column} = ?"
             params.append(value)
     row = conn.execute(sql + " ORDER BY o.id DESC LIMIT 1", params).fetchone()
     if row is None:
         return None
     body = row[1] if row[0] else row[2]
-    return body.encode() if isinstance(body, str) else body
+    return (body.encode() if isinstance(body, str) else body), row[3] or None, row[4] or None
 
 
 def offer_from_recording(

@@ -126,7 +126,8 @@ def test_a_bundle_exported_from_the_log_matches_the_recorded_one(tmp_path):
         with Store(tmp_path / "omaha.db") as store:
             store.record_exchange(flow_id="f1", ts=time.time(), request_xml=CHECK, response_xml=offer_xml,
                                   http_status=200)  # fmt: skip
-        found = offer_from_log(tmp_path / "omaha.db", SERVED_VERSION, board="amd64-usr")
+        found = offer_from_log(tmp_path / "omaha.db", SERVED_VERSION)
+        assert (found.board, found.track) == ("amd64-usr", "stable")  # the asking machine's
         manifest = export_bundle(found, tmp_path / "b.tar", source="log")
     assert found.xml == offer_xml
     assert tarfile.is_tarfile(tmp_path / "b.tar")
