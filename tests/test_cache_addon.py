@@ -151,3 +151,19 @@ def test_payload_downloads_through_the_proxy_are_streamed_not_buffered():
     other = tflow.tflow(req=tutils.treq(method=b"GET", path=b"/elsewhere"), resp=True)
     addon.responseheaders(other)
     assert not other.response.stream
+
+
+def test_an_offer_a_pin_rewrote_is_cached_and_both_reasons_are_kept(tmp_path, upstream):
+    addon = OmahaCache()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_cache=str(tmp_path / "c"), omaha_cache_listen="127.0.0.1:0")
+        flow = omaha_flow(offer_body(upstream))
+        set_action(flow, "rewritten", "pinned stable=4152.2.0")
+        flow.comment = "omaha rewritten: pinned stable=4152.2.0"
+        addon.response(flow)
+        assert action(flow) == "cached"
+        assert flow.metadata["omaha_reason"].startswith(
+            "pinned stable=4152.2.0; payloads via cache: 4152.2.0 ("
+        )
+        assert flow.comment.startswith("omaha rewritten: pinned stable=4152.2.0; payloads via cache")
+        assert flow.marked == ":package:"

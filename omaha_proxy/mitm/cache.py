@@ -86,6 +86,10 @@ def parse_cache_options(
     return CacheConfig(directory or None, max_bytes, host, port, base_url)
 
 
+def _where(config: CacheConfig) -> tuple[str | None, str, int]:
+    return config.directory, config.host, config.port
+
+
 def _constant(value: str) -> Callable[[str], str]:
     return lambda _old: value
 
@@ -131,11 +135,7 @@ class OmahaCache:
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
         old = self.config
-        if old is not None and (old.directory, old.host, old.port) == (
-            config.directory,
-            config.host,
-            config.port,
-        ):
+        if old is not None and _where(old) == _where(config):
             # Same directory and server: keep them (offers already sent point at this port).
             if self.cache is not None:
                 self.cache.max_bytes = config.max_bytes
@@ -206,12 +206,14 @@ class OmahaCache:
         apps, offers = self._rewrite_apps(upstream, self.base_url(flow))
         if not offers:
             return
-        previous = reason(flow) if action(flow) == "rewritten" else None
+        rewritten = action(flow) == "rewritten"  # e.g. a pin served a seen offer: say both
+        previous = reason(flow) if rewritten else None
         keep_upstream_response(flow)
         flow.response.content = encode(replace(upstream, apps=apps))
         text = "payloads via cache: " + ", ".join(offers)
         set_action(flow, "cached", f"{previous}; {text}" if previous else text)
-        flow.comment = f"omaha cached: {text}"
+        flow.comment = f"{flow.comment}; {text}" if rewritten and flow.comment else f"omaha cached: {text}"
+        flow.marked = flow.marked or ":package:"
 
     def _rewrite_apps(self, response: Response, base: str) -> tuple[tuple[AppResponse, ...], list[str]]:
         """Each app's offer registered and pointed at the cache; returns the apps and what
