@@ -309,14 +309,15 @@ def parse_request(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Request:
     return _make(Request, kw)
 
 
-def _wrapped[T](el: Any, item: str, cls: type[T], unknown: list[XmlElement]) -> tuple[T, ...]:
-    out = []
-    for child in el:
-        if child.tag == item:
-            out.append(_leaf(child, cls))
-        elif isinstance(child.tag, str):
-            unknown.append(_unknown(child))
-    return tuple(out)
+def _wrapped[T](el: Any, item: str, cls: type[T], unknown: list[XmlElement]) -> tuple[T, ...] | None:
+    """The items of a wrapper (``<urls>``, ``<packages>``, ``<actions>``), or None when the
+    wrapper has attributes or foreign children: the model has no place for those, so the
+    whole wrapper is kept verbatim in ``unknown`` (splitting it would move or drop parts
+    on re-encoding; found by fuzzing)."""
+    if el.attrib or any(child.tag != item and isinstance(child.tag, str) for child in el):
+        unknown.append(_unknown(el))
+        return None
+    return tuple(_leaf(child, cls) for child in el if child.tag == item)
 
 
 def _manifest(el: Any) -> Manifest:
