@@ -27,6 +27,7 @@ from omaha_proxy.simulator import simulate
 from omaha_proxy.store import Store
 from omaha_proxy.verdict import update_engine_verdict
 from tests.conftest import sample
+from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401
 from tests.support.serving import SERVED_VERSION, package_server
 
 CHECK = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")

@@ -20,6 +20,7 @@ from omaha_proxy.cache import PayloadCache, offer_key, package_key, parse_size, 
 from omaha_proxy.cache_server import CacheServer, cache_codebase
 from omaha_proxy.errors import PayloadError
 from tests.support.counting_upstream import CountingUpstream
+from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401
 from tests.support.payload_files import expected_for, write_payload
 
 MAIN = "flatcar_production_update.gz"

@@ -17,6 +17,7 @@ from omaha_proxy.mitm.common import META_UPSTREAM, action, set_action
 from omaha_proxy.verdict import update_engine_verdict
 from tests.conftest import sample
 from tests.support.counting_upstream import CountingUpstream
+from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401
 from tests.support.payload_files import write_payload
 
 CHECK = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")
