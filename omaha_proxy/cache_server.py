@@ -69,6 +69,9 @@ class CacheServer:
         except PayloadError as e:
             log.warning("cache: answering 404 for %s: %s", rest, e)
             return None
+        except Exception:  # never 500: update_engine backs off exponentially after a 500
+            log.exception("cache: answering 404 for %s after an internal error", rest)
+            return None
         return None if cached is None else cached.path
 
     def _served(self, record: AccessRecord) -> None:
