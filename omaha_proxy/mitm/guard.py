@@ -137,7 +137,8 @@ class OmahaGuard:
                 self.max_body = parse_max_body(opts.omaha_max_body)
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
-        if updated & {"omaha_max_body", "stream_large_bodies"}:
+        # stream_large_bodies and connection_strategy belong to mitmproxy's proxyserver addon.
+        if updated & {"omaha_max_body", "stream_large_bodies"} and "stream_large_bodies" in opts:
             limit = human.parse_size(opts.stream_large_bodies) if opts.stream_large_bodies else None
             if limit is None or limit > self.max_body:
                 # mitmproxy streams (never buffers) anything above this; see the module docstring.
@@ -150,7 +151,7 @@ class OmahaGuard:
             self._probes.clear()
             if self.fallback is not None:
                 log.info("omaha_fallback: %s answers when the upstream fails", self.fallback.label)
-        eager = opts.connection_strategy == "eager"
+        eager = getattr(opts, "connection_strategy", "lazy") == "eager"
         if self.fallback is not None and eager and updated & {"omaha_fallback", "connection_strategy"}:
             # eager connects before any hook runs: a dead upstream drops the machine's connection.
             log.warning("omaha_fallback: setting connection_strategy=lazy so it can answer")
