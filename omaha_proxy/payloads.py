@@ -169,7 +169,7 @@ class Verifier:
             failures.append(
                 (
                     "sha256",
-                    f"sha256 (postinstall, base64): got {digest.sha256_b64}, offer says {exp.sha256_b64}",
+                    f"sha256 (postinstall, base64): got {digest.sha256_b64}, offer {exp.sha256_b64}",
                 )
             )
         if exp.sha256_hex is not None and digest.sha256_hex != exp.sha256_hex.lower():
@@ -177,9 +177,7 @@ class Verifier:
                 ("hash_sha256", f"hash_sha256 (hex): got {digest.sha256_hex}, offer {exp.sha256_hex}")
             )
         if exp.sha1_b64 is not None and not _same_b64(digest.sha1_b64, exp.sha1_b64):
-            failures.append(
-                ("hash", f"hash (SHA-1, base64): got {digest.sha1_b64}, offer says {exp.sha1_b64}")
-            )
+            failures.append(("hash", f"hash (SHA-1, base64): got {digest.sha1_b64}, offer {exp.sha1_b64}"))
         if failures:
             raise PayloadMismatch(exp.name, failures)
         return digest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -299,3 +300,51 @@ def test_the_cache_command_prints_per_package_hits_and_bytes_saved(tmp_path, rel
     assert main(["cache", "--dir", str(tmp_path / "c"), "--json"]) == 0
     assert '"bytes_saved": 600000' in capsys.readouterr().out
     assert main(["cache", "--dir", str(tmp_path / "nothing")]) == 1
+
+
+class CuttingUpstream:
+    """Sends half of ``data`` and drops the connection, then answers the retry: with 206 from
+    the Range offset (``ranges=True``) or with the whole file again (``ranges=False``)."""
+
+    def __init__(self, data: bytes, *, ranges: bool) -> None:
+        self.data, self.ranges = data, ranges
+        self.requests: list[str] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/p/"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        for attempt in range(2):
+            conn, _ = self.listener.accept()
+            with conn:
+                head = conn.recv(65536).decode()
+                self.requests.append(head)
+                match = re.search(r"Range: bytes=(\d+)-", head)
+                size = len(self.data)
+                if attempt == 0:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + self.data[: size // 2]
+                    )
+                elif match and self.ranges:
+                    first = int(match.group(1))
+                    conn.sendall(
+                        b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n\r\n"
+                        % (first, size - 1, size, size - first)
+                        + self.data[first:]
+                    )
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + self.data)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["resumed-with-range", "upstream-ignores-range"])
+def test_a_download_cut_mid_body_is_resumed(tmp_path, release, ranges):
+    _files, expected, data = release
+    up = CuttingUpstream(data[MAIN], ranges=ranges)
+    with PayloadCache(tmp_path / "c", 1 << 30) as cache:
+        offer = cache.register_offer("v", [up.url], expected[:1])
+        assert cache.open_package(offer, MAIN).path.read_bytes() == data[MAIN]
+        fetched = cache.stats().bytes_fetched
+    assert len(up.requests) == 2
+    assert f"Range: bytes={len(data[MAIN]) // 2}-" in up.requests[1]
+    assert fetched == (len(data[MAIN]) * 3 // 2 if not ranges else len(data[MAIN]))
