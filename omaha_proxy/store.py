@@ -36,7 +36,8 @@ from omaha_proxy.schema import migrations
 from omaha_proxy.states import InstanceStatus, advance
 from omaha_proxy.summary import describe_exchange, event_result_name, event_type_name
 
-_BY_FLOW_ID = "SELECT id FROM exchanges WHERE flow_id = ?"
+# A flow is logged again (same id, same start time) when mitmproxy re-runs hooks on loaded flows.
+_BY_FLOW_ID = "SELECT id FROM exchanges WHERE ts = ? AND flow_id = ?"
 _REDACTED_ATTRS = re.compile(rb'\b(machineid|bootid|machinealias)="([^"]*)"')
 
 
@@ -75,6 +76,7 @@ class Store:
     def __init__(self, path: str | Path, *, redact: bool = False, salt: str | None = None) -> None:
         self.path = Path(path)
         self.redact = redact
+        self._sql: dict[tuple[str, str, tuple[str, ...]], str] = {}
         try:
             self.db = Database(self.path)
             self.db.enable_wal()
@@ -89,8 +91,11 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Close the connection (pending WAL frames stay valid for the next opener)."""
-        self.db.close()
+        """Commit what is pending, then close the connection."""
+        try:
+            self.commit()
+        finally:
+            self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -144,13 +149,19 @@ class Store:
         upstream_response_xml: bytes | None = None,
         request: Request | None = None,
         response: Response | None = None,
+        commit: bool = True,
+        summary: str | None = None,
     ) -> int:
         """Log one exchange with its decoded rows and the instance update, in one transaction.
 
         ``request``/``response`` are the already parsed bodies (parsed here when None and the
         bytes are given); a body that does not parse is stored raw and its parse error joins
         ``error``. ``upstream_response_xml`` is the upstream's original body when the proxy
-        rewrote it. Logging the same ``flow_id`` twice is a no-op returning the first id.
+        rewrote it; ``summary`` is the one-line description (computed when None). Logging
+        the same ``flow_id`` (with the same ``ts``) twice is a no-op returning the first id.
+        With ``commit=False`` the exchange joins an open transaction (one is begun if needed)
+        that a later :meth:`commit` makes durable and visible to other connections: group
+        commit for busy proxies. The exchange's rows are still all-or-nothing (a savepoint).
         Returns the exchange id; raises :class:`StoreError` when the database write fails.
         """
         decoded = self._decode(request_xml, response_xml, upstream_response_xml, request, response)
@@ -158,7 +169,7 @@ class Store:
         req = decoded.request
         first = req.apps[0] if req and req.apps else None
         machine_id = self.hide(next((a.machineid for a in req.apps if a.machineid), None) if req else None)
-        summary = describe_exchange(
+        summary = summary or describe_exchange(
             req, decoded.response, action=action, reason=reason, error=errors[0] if errors else None,
             http_status=http_status,
         )  # fmt: skip
@@ -183,10 +194,10 @@ class Store:
             "summary": summary,
         }
         try:
-            with self.db.atomic():
-                existing = self.db.conn.execute(
-                    "SELECT id FROM exchanges WHERE flow_id = ?", [flow_id]
-                ).fetchone()
+            if not commit and not self.db.conn.in_transaction:
+                self.db.conn.execute("BEGIN")
+            with self.db.atomic():  # a savepoint inside an open transaction
+                existing = self.db.conn.execute(_BY_FLOW_ID, (ts, flow_id)).fetchone()
                 if existing is not None:
                     return int(existing[0])
                 exchange_id = self._insert("exchanges", row)
@@ -223,10 +234,14 @@ class Store:
                 errors.append(f"upstream response: {e}")
         return _Decoded(request, response, upstream, tuple(errors))
 
-    def _insert(self, table: str, row: dict[str, Any]) -> int:
-        columns = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        cursor = self.db.conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", list(row.values()))
+    def _insert(self, table: str, row: dict[str, Any], verb: str = "INSERT") -> int:
+        key = (verb, table, tuple(row))
+        sql = self._sql.get(key)
+        if sql is None:
+            sql = self._sql[key] = (
+                f"{verb} INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+            )
+        cursor = self.db.conn.execute(sql, tuple(row.values()))
         return int(cursor.lastrowid or 0)
 
     def _record_apps(
@@ -348,8 +363,7 @@ class Store:
         action: str,
         client_ip: str | None,
     ) -> None:
-        conn = self.db.conn
-        old = conn.execute(
+        old = self.db.conn.execute(
             "SELECT state, update_in_progress, granted_version, first_seen, last_error, last_error_name,"
             " last_offer_version FROM instances WHERE machine_id = ?",
             [machine_id],
@@ -387,9 +401,15 @@ class Store:
             "granted_version": after.granted_version,
             "last_offer_version": last_offer,
         }
-        columns = ", ".join(row)
-        marks = ", ".join("?" * len(row))
-        conn.execute(f"INSERT OR REPLACE INTO instances ({columns}) VALUES ({marks})", list(row.values()))
+        if old is None:
+            self._insert("instances", row)
+        else:  # in place: no delete + insert, the primary key index stays untouched
+            del row["machine_id"], row["first_seen"]
+            sql = self._sql.get(("UPDATE", "instances", tuple(row)))
+            if sql is None:
+                sql = f"UPDATE instances SET {', '.join(f'{k} = ?' for k in row)} WHERE machine_id = ?"
+                self._sql[("UPDATE", "instances", tuple(row))] = sql
+            self.db.conn.execute(sql, (*row.values(), machine_id))
 
     # ------------------------------------------------------------------ reading
 
@@ -472,7 +492,7 @@ class Store:
         rows = self._rows(
             "SELECT o.delivered, e.response_xml, e.upstream_response_xml FROM offers o"
             f" JOIN exchanges e ON e.id = o.exchange_id WHERE {' AND '.join(where)}"
-            " ORDER BY o.id DESC LIMIT 1",
+            " ORDER BY o.id DESC LIMIT 1",  # walks idx_offers_upstream_ok, newest first
             params,
         )
         if not rows:
@@ -494,6 +514,20 @@ class Store:
         if table not in {"exchanges", "apps", "events", "offers", "packages", "instances"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self.db.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    @property
+    def uncommitted(self) -> bool:
+        """True while exchanges recorded with ``commit=False`` wait for :meth:`commit`."""
+        return self.db.conn.in_transaction
+
+    def commit(self) -> None:
+        """Commit exchanges recorded with ``commit=False`` (no-op when there are none).
+        Raises :class:`StoreError` when the commit fails (the pending exchanges are lost)."""
+        try:
+            self.db.commit()
+        except sqlite3.Error as e:
+            self.db.rollback()
+            raise StoreError(f"cannot commit to the Omaha log {self.path}: {e}") from e
 
     @contextmanager
     def batch(self) -> Iterator[Store]:

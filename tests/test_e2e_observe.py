@@ -4,6 +4,7 @@ real local Omaha upstream; update_engine's request flavours go through and land 
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -37,6 +38,14 @@ def post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def wait_for_rows(store: Store, count: int, timeout: float = 5.0) -> bool:
+    """True once the log holds ``count`` exchanges (the proxy commits within omaha_commit_ms)."""
+    deadline = time.monotonic() + timeout
+    while store.count() < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return store.count() == count
 
 
 def test_mitmdump_logs_every_flavour_and_derives_instance_states(tmp_path: Path) -> None:
@@ -82,8 +91,8 @@ def test_mitmdump_logs_every_flavour_and_derives_instance_states(tmp_path: Path)
 
         # Nebraska sees the machine's address, never the spoofed one.
         assert up.received[0].headers["X-Forwarded-For"] == "127.0.0.1"
-        with Store(db) as store:  # read while the proxy runs (WAL)
-            assert store.count() == 14
+        with Store(db) as store:  # read while the proxy runs (WAL), after the group commit
+            assert wait_for_rows(store, 14)
             fleet = {m["machine_id"]: m for m in store.fleet()}
             history = store.history(MACHINE, 50)
             broken_row = store.recent(1, machine_id=None)[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,9 +197,35 @@ async def test_a_failed_log_write_shuts_the_proxy_down_unless_opted_out(tmp_path
         addon.done()
 
 
+def committed(path: Path) -> int:
+    """Exchanges another connection sees (what the CLI and other processes read)."""
+    with sqlite3.connect(path) as other:
+        return int(other.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+
+
+async def test_group_commit_makes_exchanges_visible_within_omaha_commit_ms(tmp_path: Path) -> None:
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_commit_ms=50)
+        for _ in range(3):
+            run(addon, omaha_flow(CHECK))
+        assert committed(tmp_path / "omaha.db") == 0 and addon.store.count() == 3
+        await asyncio.sleep(0.2)
+        assert committed(tmp_path / "omaha.db") == 3
+        tctx.configure(addon, omaha_commit_ms=0)
+        run(addon, omaha_flow(CHECK))
+        assert committed(tmp_path / "omaha.db") == 4
+        tctx.configure(addon, omaha_commit_ms=10_000)
+        run(addon, omaha_flow(CHECK))
+        addon.done()  # shutting down commits what waits
+    assert committed(tmp_path / "omaha.db") == 5
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
+        ("omaha_commit_ms", -1, "0 .commit each exchange. to 10000 ms"),
+        ("omaha_commit_ms", 60_000, "to 10000 ms"),
         ("omaha_db", "/nonexistent/dir/omaha.db", "does not exist"),
         ("omaha_db", "", "must be a file path"),
         ("omaha_paths", ["v1/update"], "starting with '/'"),
@@ -225,7 +252,7 @@ def test_changing_omaha_db_moves_the_log(observe, tmp_path: Path) -> None:
         assert other.count() == 1
 
 
-def test_common_parses_each_request_once_and_validates_actions() -> None:
+def test_common_parses_each_body_once_and_validates_actions() -> None:
     flow = omaha_flow(CHECK)
     assert common.is_omaha_request(flow)
     first = common.omaha_request(flow)
@@ -234,6 +261,11 @@ def test_common_parses_each_request_once_and_validates_actions() -> None:
     assert common.omaha_request(flow).apps[0].events[0].errorcode == 268435466
     with pytest.raises(ValueError, match="valid: forwarded, rewritten"):
         common.set_action(flow, "eaten")
+    assert common.omaha_response(flow) is None and common.response_error(flow) is None
+    upstream_answer(flow, OFFER)
+    assert common.omaha_response(flow) is common.omaha_response(flow)
+    flow.response.content = b"<html>"
+    assert common.omaha_response(flow) is None and "not well-formed" in common.response_error(flow)
     assert not common.is_answered(flow)
     common.set_action(flow, "replayed", "recording r1")
     assert common.is_answered(flow) and common.reason(flow) == "recording r1"

@@ -248,7 +248,9 @@ def test_hot_queries_use_their_indexes(store: Store) -> None:
             store, "EXPLAIN QUERY PLAN SELECT * FROM offers WHERE delivered = 1 AND status = 'ok' AND ts >= 5"
         )
     )
-    assert "idx_offers_delivered_status_ts" in plan
+    assert "idx_offers_grants" in plan
+    sql = "SELECT * FROM offers WHERE status = 'ok' AND source = 'upstream' AND version = '1' ORDER BY id DESC LIMIT 1"
+    assert "idx_offers_upstream_ok" in " ".join(str(r[3]) for r in rows(store, "EXPLAIN QUERY PLAN " + sql))
 
 
 def test_write_failure_is_a_store_error(tmp_path: Path) -> None:
@@ -265,3 +267,28 @@ def test_readers_in_another_connection_see_committed_exchanges(store: Store) -> 
     other = sqlite3.connect(store.path)
     assert other.execute("SELECT COUNT(*) FROM exchanges").fetchone() == (1,)
     other.close()
+
+
+def test_uncommitted_exchanges_wait_for_commit_and_close(tmp_path: Path) -> None:
+    store = Store(tmp_path / "omaha.db")
+    for n in range(3):
+        record(store, n, CHECK, OFFER, commit=False)
+    other = sqlite3.connect(tmp_path / "omaha.db")
+    assert store.uncommitted and store.count() == 3
+    assert other.execute("SELECT COUNT(*) FROM exchanges").fetchone() == (0,)
+    store.commit()
+    assert not store.uncommitted
+    assert other.execute("SELECT COUNT(*) FROM exchanges").fetchone() == (3,)
+    record(store, 9, CHECK, OFFER, commit=False)
+    store.close()
+    assert other.execute("SELECT COUNT(*) FROM exchanges").fetchone() == (4,)
+    other.close()
+
+
+def test_a_failing_exchange_in_a_group_commit_rolls_back_alone(store: Store) -> None:
+    record(store, 1, CHECK, OFFER, commit=False)
+    store.db.conn.execute("DROP TABLE packages")
+    with pytest.raises(StoreError):
+        record(store, 2, CHECK, OFFER, commit=False)
+    store.commit()
+    assert [e["flow_id"] for e in store.recent(5)] == ["flow-1"]

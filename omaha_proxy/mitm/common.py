@@ -14,12 +14,13 @@ map keyed by the flow, so each addon in the chain can ask for it and the body is
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from mitmproxy import http
 
-from omaha_proxy.codec import encode, parse_request, sniff
+from omaha_proxy.codec import encode, parse_request, parse_response, sniff
 from omaha_proxy.errors import CodecError
 from omaha_proxy.model import Request, Response
 
@@ -33,91 +34,85 @@ META_ACTION: Final = "omaha_action"
 META_REASON: Final = "omaha_reason"
 META_UPSTREAM: Final = "omaha_upstream_response"
 
-# A malformed body still counts as Omaha if one of these appears near its start
+# A malformed body still counts as an Omaha request if "<request" appears near its start
 # (update_engine does not escape '"' in MACHINE_ALIAS, so real requests can be broken XML).
-_OMAHA_HINTS: Final = (b"<request", b"<response")
 _HINT_WINDOW: Final = 512
 
 
-@dataclass(frozen=True, slots=True)
-class _Parsed:
+@dataclass(slots=True)
+class _Body:
+    """What is known about one message body; valid while ``raw`` is the message's raw content."""
+
+    raw: bytes | None
     body: bytes
-    request: Request | None
-    error: str | None
+    parsed: bool = False
+    doc: Request | Response | None = None
+    error: str | None = None
 
 
-_parsed: weakref.WeakKeyDictionary[http.HTTPFlow, _Parsed] = weakref.WeakKeyDictionary()
+# One decode and one parse per flow and side, reused by every addon (and every call) while
+# the body stays the same object; a rewrite replaces raw_content, which starts afresh.
+_requests: weakref.WeakKeyDictionary[http.HTTPFlow, _Body] = weakref.WeakKeyDictionary()
+_responses: weakref.WeakKeyDictionary[http.HTTPFlow, _Body] = weakref.WeakKeyDictionary()
 
 
-def _body(message: http.Message | None) -> bytes:
-    """The decoded body, or the raw bytes when the content encoding is broken; b"" if none."""
-    if message is None:
-        return b""
+def _decode(message: http.Message) -> bytes:
+    """The decoded body, or the raw bytes when the content encoding is broken."""
     try:
         return message.get_content(strict=False) or b""
     except ValueError:
         return message.raw_content or b""
 
 
+def _entry(cache: weakref.WeakKeyDictionary[http.HTTPFlow, _Body], flow: http.HTTPFlow,
+           message: http.Message | None) -> _Body:  # fmt: skip
+    if message is None:
+        return _Body(None, b"")
+    raw = message.raw_content
+    entry = cache.get(flow)
+    if entry is None or entry.raw is not raw:
+        entry = cache[flow] = _Body(raw, _decode(message) if raw else b"")
+    return entry
+
+
+def _parsed(entry: _Body, parse: Callable[[bytes], Request | Response]) -> _Body:
+    if not entry.parsed and entry.body:
+        try:
+            entry.doc = parse(entry.body)
+        except CodecError as e:
+            entry.error = str(e)
+        except Exception as e:  # a codec bug must not break the proxy: log it as a parse error
+            entry.error = f"{type(e).__name__}: {e}"
+        entry.parsed = True
+    return entry
+
+
 def request_body(flow: http.HTTPFlow) -> bytes:
     """The request body as update_engine sent it (content-decoded), b"" when empty."""
-    return _body(flow.request)
+    return _entry(_requests, flow, flow.request).body
 
 
 def response_body(flow: http.HTTPFlow) -> bytes:
     """The response body (content-decoded), b"" when there is no response yet."""
-    return _body(flow.response)
-
-
-def looks_like_omaha(data: bytes) -> bool:
-    """True when ``data`` is an Omaha document, or broken XML that tries to be one."""
-    if not data:
-        return False
-    try:
-        if sniff(data) is not None:
-            return True
-    except Exception:  # sniff must never take the proxy down on hostile bytes
-        pass
-    head = data[:_HINT_WINDOW]
-    return head.lstrip().startswith(b"<") and any(hint in head for hint in _OMAHA_HINTS)
+    return _entry(_responses, flow, flow.response).body
 
 
 def is_omaha_request(flow: http.HTTPFlow) -> bool:
     """True for a POST whose body is (or tries to be) an Omaha request, whatever the path.
 
-    A body that sniffs as an Omaha request counts; so does malformed XML containing
-    ``<request`` (it is logged with its parse error and forwarded untouched).
+    Cheap (no parse): the body sniffs as an Omaha request, or is XML-ish with ``<request``
+    near its start (broken bodies are logged with their parse error, forwarded untouched).
     """
     if flow.request.method != "POST":
         return False
     body = request_body(flow)
     if not body:
         return False
-    parsed = _parse(flow, body)
-    if parsed.request is not None:
-        return True
-    try:
-        kind = sniff(body)
-    except Exception:
-        kind = None
-    if kind == "response":
-        return False
+    kind = sniff(body)
+    if kind is not None:
+        return kind == "request"
     head = body[:_HINT_WINDOW]
     return head.lstrip().startswith(b"<") and b"<request" in head
-
-
-def _parse(flow: http.HTTPFlow, body: bytes) -> _Parsed:
-    cached = _parsed.get(flow)
-    if cached is not None and cached.body == body:
-        return cached
-    try:
-        result = _Parsed(body, parse_request(body), None)
-    except CodecError as e:
-        result = _Parsed(body, None, str(e))
-    except Exception as e:  # a codec bug must not break the proxy: log it as a parse error
-        result = _Parsed(body, None, f"{type(e).__name__}: {e}")
-    _parsed[flow] = result
-    return result
 
 
 def omaha_request(flow: http.HTTPFlow) -> Request | None:
@@ -125,16 +120,29 @@ def omaha_request(flow: http.HTTPFlow) -> Request | None:
 
     Never raises: a body that does not parse gives None; :func:`request_error` says why.
     """
-    if flow.request.method != "POST":
+    if not is_omaha_request(flow):
         return None
-    body = request_body(flow)
-    return _parse(flow, body).request if body else None
+    doc = _parsed(_entry(_requests, flow, flow.request), parse_request).doc
+    return doc if isinstance(doc, Request) else None
 
 
 def request_error(flow: http.HTTPFlow) -> str | None:
-    """Why the flow's request body did not parse as Omaha, or None when it did (or is empty)."""
-    body = request_body(flow)
-    return _parse(flow, body).error if body else None
+    """Why the flow's Omaha request did not parse, or None when it did (or is not Omaha)."""
+    if not is_omaha_request(flow):
+        return None
+    return _parsed(_entry(_requests, flow, flow.request), parse_request).error
+
+
+def omaha_response(flow: http.HTTPFlow) -> Response | None:
+    """The flow's current response body parsed as Omaha (cached per flow and body), or None
+    (no response, empty body, or not parseable: :func:`response_error` says why). Never raises."""
+    doc = _parsed(_entry(_responses, flow, flow.response), parse_response).doc
+    return doc if isinstance(doc, Response) else None
+
+
+def response_error(flow: http.HTTPFlow) -> str | None:
+    """Why the flow's response body did not parse as Omaha, or None (parsed, or empty)."""
+    return _parsed(_entry(_responses, flow, flow.response), parse_response).error
 
 
 def action(flow: http.HTTPFlow) -> str:

@@ -16,20 +16,24 @@ down (``omaha_log_required=false`` keeps it running without its log).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
 
-from omaha_proxy.codec import parse_response
-from omaha_proxy.errors import CodecError, StoreError
+from omaha_proxy.errors import StoreError
 from omaha_proxy.mitm import common
-from omaha_proxy.model import Response
 from omaha_proxy.store import Store
 from omaha_proxy.summary import describe_exchange
 
 log = logging.getLogger(__name__)
+
+# Group commit: one transaction per window instead of per exchange takes the commit (the
+# biggest part of logging an exchange) off most requests; a crash loses at most one window.
+DEFAULT_COMMIT_MS = 100
+MAX_COMMIT_MS = 10_000
 
 # flow.marked symbols (mitmweb renders the emoji) for answers the proxy made or changed.
 MARKERS: dict[str, str] = {
@@ -64,12 +68,23 @@ def parse_paths(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def parse_commit_ms(value: int) -> int:
+    """Validate ``omaha_commit_ms``: 0 (commit each exchange) to 10000 ms. Raises ValueError."""
+    if not 0 <= value <= MAX_COMMIT_MS:
+        raise ValueError(
+            f"omaha_commit_ms must be 0 (commit each exchange) to {MAX_COMMIT_MS} ms; got {value}"
+        )
+    return value
+
+
 class OmahaObserve:
     """Logs Omaha exchanges, sets X-Forwarded-For, comments and marks Omaha flows."""
 
     def __init__(self) -> None:
         self.store: Store | None = None
         self._paths: tuple[str, ...] = ()
+        self._commit_ms = DEFAULT_COMMIT_MS
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("omaha_db", str, "omaha.db", "SQLite file of the Omaha log (created if missing).")
@@ -87,11 +102,21 @@ class OmahaObserve:
             "Shut the proxy down when the Omaha log cannot be written (false: log the error, keep going).",
         )  # fmt: skip
         loader.add_option(
+            "omaha_commit_ms", int, DEFAULT_COMMIT_MS,
+            "Group commit: exchanges are committed to the log at most this many milliseconds "
+            "after they happen, several per transaction under load (0: commit each at once).",
+        )  # fmt: skip
+        loader.add_option(
             "omaha_paths", Sequence[str], [],
             "Only treat POSTs to these path prefixes as Omaha (default: any path).",
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        if "omaha_commit_ms" in updated:
+            try:
+                self._commit_ms = parse_commit_ms(ctx.options.omaha_commit_ms)
+            except ValueError as e:
+                raise exceptions.OptionsError(str(e)) from e
         if "omaha_paths" in updated:
             try:
                 self._paths = parse_paths(ctx.options.omaha_paths)
@@ -103,15 +128,39 @@ class OmahaObserve:
                 store = Store(path, redact=ctx.options.omaha_redact)
             except (ValueError, StoreError) as e:
                 raise exceptions.OptionsError(str(e)) from e
-            if self.store is not None:
-                self.store.close()
+            self._close_store()
             self.store = store
             log.info("Omaha log: %s%s", path, " (redacted)" if store.redact else "")
 
     def done(self) -> None:
+        self._close_store()
+
+    def _close_store(self) -> None:
         if self.store is not None:
+            self.flush()
             self.store.close()
             self.store = None
+
+    def flush(self) -> None:
+        """Commit the exchanges waiting for the group commit (loud on failure)."""
+        self._flush_timer = None
+        if self.store is None or not self.store.uncommitted:
+            return
+        try:
+            self.store.commit()
+        except StoreError as e:
+            self._log_failed(e)
+
+    def _schedule_flush(self) -> None:
+        """Commit within ``omaha_commit_ms`` on the event loop (the connection's thread)."""
+        if self._flush_timer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (direct calls in tests): commit now
+            self.flush()
+            return
+        self._flush_timer = loop.call_later(self._commit_ms / 1000, self.flush)
 
     # ------------------------------------------------------------------ flows
 
@@ -140,15 +189,18 @@ class OmahaObserve:
         request = common.omaha_request(flow)
         action, reason = common.action(flow), common.reason(flow)
         body = common.response_body(flow) if flow.response is not None else None
-        response: Response | None = None
+        response = common.omaha_response(flow)  # parsed once, shared with the other addons
         transport = flow.error.msg if flow.error else None
-        request_error = common.request_error(flow)
-        errors = [e for e in (request_error and f"request: {request_error}", transport) if e]
-        if body:
-            try:
-                response = parse_response(body)
-            except CodecError as e:
-                errors.append(f"response: {e}")
+        request_error, response_error = common.request_error(flow), common.response_error(flow)
+        errors = [
+            e
+            for e in (
+                request_error and f"request: {request_error}",
+                transport,
+                response_error and f"response: {response_error}",
+            )
+            if e
+        ]
         status = flow.response.status_code if flow.response is not None else None
         flow.comment = describe_exchange(
             request, response, action=action, reason=reason, error=errors[0] if errors else None,
@@ -181,9 +233,14 @@ class OmahaObserve:
                 upstream_response_xml=common.upstream_response(flow),
                 request=request,
                 response=response,
+                commit=self._commit_ms == 0,
+                summary=flow.comment,
             )
         except StoreError as e:
             self._log_failed(e)
+            return
+        if self.store.uncommitted:
+            self._schedule_flush()
 
     def _log_failed(self, e: StoreError) -> None:
         if ctx.options.omaha_log_required:
