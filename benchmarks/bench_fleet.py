@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sqlite3
 import sys
 import tempfile
@@ -33,19 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import NOUPDATE, fast_upstream, rss_kib
+from harness import NOUPDATE, cpu_seconds, fast_upstream, rss_kib
 
 from omaha_proxy.simulator import simulate
 from tests.support.mitmdump_run import run_mitmdump
 
 INTERVAL_S = 45 * 60  # update_engine's check interval
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, in seconds (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run(machines: int = 10_000, concurrency: int = 16, timeout: float = 240.0) -> dict[str, object]:
