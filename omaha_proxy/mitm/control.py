@@ -232,8 +232,12 @@ class OmahaControl:
         request = omaha_request(flow)
         if request is None:
             return
+        body = response_body(flow)
+        state = self.state
+        if state.block is None and state.pin is None and state.rollout is None and b"<manifest" not in body:
+            return  # no policy, and no offer to remember or count as a grant: skip the parse
         try:
-            upstream = parse_response(response_body(flow))
+            upstream = parse_response(body)
         except CodecError:
             return  # not ours to fix: the logger records the parse error
         pairs = zip(request.apps, upstream.apps, strict=False)
