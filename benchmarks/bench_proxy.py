@@ -7,7 +7,8 @@ update_engine does, ``--concurrency`` at a time; the mix is update_engine's stea
 check from 1000 machines with one download-started event in four. Rounds alternate between
 the two proxies so that background load hits both alike.
 
-Prints requests/s, latency percentiles and the ratio; target (issue 3): the addon costs
+Prints requests/s, latency percentiles, each proxy's CPU ms per request (read from /proc, so
+robust when other work shares the cores) and the ratios; target (issue 3): the addon costs
 <= 10 % of bare mitmdump's throughput (ratio >= 0.90).
 
     python benchmarks/bench_proxy.py [--requests 2000] [--rounds 4] [--concurrency 8] [--json]
@@ -34,6 +35,7 @@ from harness import (  # noqa: E402
     MACHINE,
     LoadResult,
     check_bodies,
+    cpu_seconds,
     fast_upstream,
     load,
     machine_ids,
@@ -68,8 +70,8 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float = 3
 
 
 @contextmanager
-def mitmdump(upstream: str, *extra: str) -> Iterator[int]:
-    """A real mitmdump in reverse mode in front of ``upstream``; yields its port."""
+def mitmdump(upstream: str, *extra: str) -> Iterator[tuple[int, int]]:
+    """A real mitmdump in reverse mode in front of ``upstream``; yields (port, pid)."""
     port = _free_port()
     cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", str(port), "--mode", f"reverse:{upstream}"]
     cmd += ["--set", "flow_detail=0", *extra]
@@ -77,7 +79,7 @@ def mitmdump(upstream: str, *extra: str) -> Iterator[int]:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_listening(port, proc)
-            yield port
+            yield port, proc.pid
         finally:
             proc.terminate()
             proc.wait(10)
@@ -92,42 +94,56 @@ def requests_mix(count: int) -> list[bytes]:
     return [post_bytes("/v1/update/", body) for body in bodies]
 
 
-def run(requests: int, rounds: int, concurrency: int, cap: float) -> dict[str, LoadResult]:
-    """Measure both proxies; ``requests`` per proxy in total, split over ``rounds``."""
+def run(requests: int, rounds: int, concurrency: int, cap: float) -> dict[str, object]:
+    """Measure both proxies; ``requests`` per proxy in total, split over ``rounds``.
+
+    Returns the figures: per proxy requests/s, latency percentiles and the proxy process's
+    CPU ms per request (from /proc: robust when other work shares the cores), and the ratios.
+    """
     per_round = max(1, requests // rounds)
     raws = requests_mix(per_round)
     results: dict[str, list[LoadResult]] = {"bare": [], "omaha": []}
+    cpu = {"bare": 0.0, "omaha": 0.0}
     with tempfile.TemporaryDirectory(prefix="bench-proxy-db-") as tmp, fast_upstream() as upstream:
         addon = ("-s", str(ROOT / "addons" / "omaha.py"), "--set", f"omaha_db={tmp}/omaha.db")
         with mitmdump(upstream) as bare, mitmdump(upstream, *addon) as omaha:
-            ports = {"bare": bare, "omaha": omaha}
-            for port in ports.values():  # warm-up: imports, first connections, the DB file
+            procs = {"bare": bare, "omaha": omaha}
+            for port, _ in procs.values():  # warm-up: imports, first connections, the DB file
                 load(port, raws[:50], concurrency=concurrency, cap=cap)
             for n in range(rounds):
                 order: Sequence[str] = ("bare", "omaha") if n % 2 == 0 else ("omaha", "bare")
                 for mode in order:
-                    results[mode].append(load(ports[mode], raws, concurrency=concurrency, cap=cap / rounds))
-    return {mode: merge(rs) for mode, rs in results.items()}
+                    port, pid = procs[mode]
+                    before = cpu_seconds(pid)
+                    results[mode].append(load(port, raws, concurrency=concurrency, cap=cap / rounds))
+                    cpu[mode] += cpu_seconds(pid) - before
+    return report({mode: merge(rs) for mode, rs in results.items()}, cpu)
 
 
-def report(results: dict[str, LoadResult]) -> dict[str, object]:
-    bare, omaha = results["bare"], results["omaha"]
-    ratio = omaha.rps / bare.rps if bare.rps else 0.0
-    return {
-        mode: {
+def report(results: dict[str, LoadResult], cpu: dict[str, float]) -> dict[str, object]:
+    """Figures per proxy and the omaha/bare ratios (throughput measured, and per CPU)."""
+    figures: dict[str, object] = {}
+    for mode, r in results.items():
+        figures[mode] = {
             "requests": r.requests,
             "ok": r.ok,
             "errors": r.errors,
             "rps": round(r.rps, 1),
             "p50_ms": round(r.percentile(50), 2),
             "p95_ms": round(r.percentile(95), 2),
+            "cpu_ms_per_req": round(cpu[mode] / r.ok * 1000, 3) if r.ok else None,
         }
-        for mode, r in results.items()
-    } | {
-        "ratio": round(ratio, 3),
-        "cost_percent": round((1 - ratio) * 100, 1),
-        "target_met": ratio >= TARGET_RATIO,
-    }
+    bare, omaha = results["bare"], results["omaha"]
+    ratio = omaha.rps / bare.rps if bare.rps else 0.0
+    per_cpu = (
+        (cpu["bare"] / bare.ok) / (cpu["omaha"] / omaha.ok) if bare.ok and omaha.ok and cpu["omaha"] else 0.0
+    )
+    figures["ratio"] = round(ratio, 3)
+    figures["cost_percent"] = round((1 - ratio) * 100, 1)
+    figures["cpu_ratio"] = round(per_cpu, 3)
+    figures["cpu_cost_percent"] = round((1 - per_cpu) * 100, 1)
+    figures["target_met"] = ratio >= TARGET_RATIO
+    return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,18 +154,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cap", type=float, default=120.0, help="seconds per proxy at most (default 120)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
-    figures = report(run(args.requests, args.rounds, args.concurrency, args.cap))
+    figures = run(args.requests, args.rounds, args.concurrency, args.cap)
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
-    print(f"{'mitmdump':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8}")
+    print(
+        f"{'mitmdump':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'CPU ms/req':>10}"
+    )
     for mode in ("bare", "omaha"):
         f = figures[mode]
         assert isinstance(f, dict)
-        print(f"{mode:<10} {f['ok']:>8} {f['errors']:>6} {f['rps']:>8} {f['p50_ms']:>8} {f['p95_ms']:>8}")
+        print(
+            f"{mode:<10} {f['ok']:>8} {f['errors']:>6} {f['rps']:>8} {f['p50_ms']:>8} {f['p95_ms']:>8}"
+            f" {f['cpu_ms_per_req']:>10}"
+        )
     verdict = "met" if figures["target_met"] else "NOT met"
     print(f"omaha/bare throughput ratio {figures['ratio']} (addon cost {figures['cost_percent']} %); "
           f"target ratio >= {TARGET_RATIO}: {verdict}")  # fmt: skip
+    print(
+        f"per CPU (proxy CPU ms per request): ratio {figures['cpu_ratio']} (cost {figures['cpu_cost_percent']} %)"
+    )
     return 0
 
 

@@ -136,6 +136,8 @@ class OmahaObserve:
         self._close_store()
 
     def _close_store(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         if self.store is not None:
             self.flush()
             self.store.close()
