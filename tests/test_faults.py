@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -260,7 +261,7 @@ def test_disk_full_log_stops_the_proxy_loudly_and_keeps_what_was_written(tmp_pat
         proxy.wait_for("shutting down", 3)
         output = proxy.output
     assert 0 < answered < 300
-    assert "cannot write to the Omaha log" in output and "shutting down" in output
+    assert re.search(r"cannot (write|commit) to the Omaha log .*: shutting down", output)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0] >= answered - 1

@@ -140,6 +140,11 @@ def logged_rows(db: Path, body: bytes) -> list[sqlite3.Row]:
         return conn.execute("SELECT * FROM exchanges WHERE CAST(request_xml AS BLOB) = ?", [body]).fetchall()
 
 
+def count_rows(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+
+
 def still_serves(setup: Setup) -> None:
     """The proxy answers a normal update check (it stayed up and is not wedged)."""
     assert http(setup.proxy.port, "POST", "/v1/update/", REQUEST)[0] == 200
@@ -158,7 +163,7 @@ def test_proxy_forwards_hostile_body_untouched_and_logs_it_raw_with_its_error(
     setup: Setup, name: str
 ) -> None:
     case = next(c for c in cases(setup.listener.port) if c.name == name)
-    before = len(setup.upstream.received)
+    before, rows_before = len(setup.upstream.received), count_rows(setup.db)
     status, answer = http(setup.proxy.port, "POST", "/v1/update/", case.body)
 
     assert status == 200
@@ -175,6 +180,8 @@ def test_proxy_forwards_hostile_body_untouched_and_logs_it_raw_with_its_error(
         assert rows == []
     still_serves(setup)
     assert setup.proxy.proc.poll() is None
+    # Nothing else lost: the hostile exchange (if Omaha) and the normal check after it, no more, no less.
+    assert count_rows(setup.db) == rows_before + case.omaha + 1
 
 
 @pytest.mark.e2e
