@@ -27,6 +27,7 @@ from omaha_proxy.mitm.common import (
     is_answered,
     keep_upstream_response,
     omaha_request,
+    omaha_response,
     response_body,
     set_action,
 )
@@ -236,9 +237,8 @@ class OmahaControl:
         state = self.state
         if state.block is None and state.pin is None and state.rollout is None and b"<manifest" not in body:
             return  # no policy, and no offer to remember or count as a grant: skip the parse
-        try:
-            upstream = parse_response(body)
-        except CodecError:
+        upstream = omaha_response(flow)  # parsed once per body, shared with the logger
+        if upstream is None:
             return  # not ours to fix: the logger records the parse error
         pairs = zip(request.apps, upstream.apps, strict=False)
         self._remember(
