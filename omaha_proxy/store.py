@@ -19,7 +19,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -91,11 +91,13 @@ class Store:
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        """Commit what is pending, then close the connection."""
+        """Commit what is pending, then close the connection (raises :class:`StoreError`
+        when that commit fails; the connection is closed either way)."""
         try:
             self.commit()
         finally:
-            self.db.close()
+            with suppress(sqlite3.Error):
+                self.db.close()
 
     def __enter__(self) -> Store:
         return self
@@ -526,7 +528,8 @@ class Store:
         try:
             self.db.commit()
         except sqlite3.Error as e:
-            self.db.rollback()
+            with suppress(sqlite3.Error):
+                self.db.rollback()
             raise StoreError(f"cannot commit to the Omaha log {self.path}: {e}") from e
 
     @contextmanager

@@ -203,29 +203,46 @@ def committed(path: Path) -> int:
         return int(other.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
 
 
-async def test_group_commit_makes_exchanges_visible_within_omaha_commit_ms(tmp_path: Path) -> None:
+async def test_group_commit_holds_each_answer_until_its_exchange_is_committed(tmp_path: Path) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_commit_ms=50)
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"))
+        held = []
         for _ in range(3):
-            run(addon, omaha_flow(CHECK))
-        assert committed(tmp_path / "omaha.db") == 0 and addon.store.count() == 3
-        await asyncio.sleep(0.2)
+            flow = omaha_flow(CHECK)
+            addon.request(flow)
+            upstream_answer(flow, ACK)
+            held.append(addon.response(flow))
+        assert held[0] is held[1] is held[2] and not held[0].done()  # one batch, answers held
+        assert committed(tmp_path / "omaha.db") == 0
+        await asyncio.wait_for(held[0], 1)  # committed on the next turn of the loop
         assert committed(tmp_path / "omaha.db") == 3
-        tctx.configure(addon, omaha_commit_ms=0)
-        run(addon, omaha_flow(CHECK))
+        tctx.configure(addon, omaha_group_commit=False)
+        flow = omaha_flow(CHECK)
+        addon.request(flow)
+        upstream_answer(flow, ACK)
+        assert addon.response(flow) is None  # committed in the hook, nothing to wait for
         assert committed(tmp_path / "omaha.db") == 4
-        tctx.configure(addon, omaha_commit_ms=10_000)
-        run(addon, omaha_flow(CHECK))
-        addon.done()  # shutting down commits what waits
-    assert committed(tmp_path / "omaha.db") == 5
+        addon.done()
+
+
+async def test_a_failed_group_commit_is_loud_but_releases_the_answers(tmp_path: Path, caplog) -> None:
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_required=False)
+        flow = omaha_flow(CHECK)
+        addon.request(flow)
+        upstream_answer(flow, ACK)
+        waiter = addon.response(flow)
+        addon.store.db.conn.close()  # the commit will fail
+        await asyncio.wait_for(waiter, 1)
+        assert "cannot commit to the Omaha log" in caplog.text
+        addon.done()
 
 
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("omaha_commit_ms", -1, "0 .commit each exchange. to 10000 ms"),
-        ("omaha_commit_ms", 60_000, "to 10000 ms"),
         ("omaha_db", "/nonexistent/dir/omaha.db", "does not exist"),
         ("omaha_db", "", "must be a file path"),
         ("omaha_paths", ["v1/update"], "starting with '/'"),

@@ -12,13 +12,18 @@ is logged raw with its error and forwarded untouched.
 
 The log is required by default: if a write fails, the error is logged and the proxy shuts
 down (``omaha_log_required=false`` keeps it running without its log).
+
+Group commit (``omaha_group_commit``, on by default): the exchanges that finish in the same
+turn of the event loop share one transaction, committed on the next turn, and each answer is
+held until its exchange is committed: a crash never loses an exchange a machine was answered,
+and under load the commit (the biggest part of logging) is paid once per batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from mitmproxy import ctx, exceptions, http
@@ -29,11 +34,6 @@ from omaha_proxy.store import Store
 from omaha_proxy.summary import describe_exchange
 
 log = logging.getLogger(__name__)
-
-# Group commit: one transaction per window instead of per exchange takes the commit (the
-# biggest part of logging an exchange) off most requests; a crash loses at most one window.
-DEFAULT_COMMIT_MS = 100
-MAX_COMMIT_MS = 10_000
 
 # flow.marked symbols (mitmweb renders the emoji) for answers the proxy made or changed.
 MARKERS: dict[str, str] = {
@@ -68,23 +68,13 @@ def parse_paths(values: Sequence[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
-def parse_commit_ms(value: int) -> int:
-    """Validate ``omaha_commit_ms``: 0 (commit each exchange) to 10000 ms. Raises ValueError."""
-    if not 0 <= value <= MAX_COMMIT_MS:
-        raise ValueError(
-            f"omaha_commit_ms must be 0 (commit each exchange) to {MAX_COMMIT_MS} ms; got {value}"
-        )
-    return value
-
-
 class OmahaObserve:
     """Logs Omaha exchanges, sets X-Forwarded-For, comments and marks Omaha flows."""
 
     def __init__(self) -> None:
         self.store: Store | None = None
         self._paths: tuple[str, ...] = ()
-        self._commit_ms = DEFAULT_COMMIT_MS
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._batch: asyncio.Future[None] | None = None  # answers waiting for the next commit
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("omaha_db", str, "omaha.db", "SQLite file of the Omaha log (created if missing).")
@@ -102,9 +92,9 @@ class OmahaObserve:
             "Shut the proxy down when the Omaha log cannot be written (false: log the error, keep going).",
         )  # fmt: skip
         loader.add_option(
-            "omaha_commit_ms", int, DEFAULT_COMMIT_MS,
-            "Group commit: exchanges are committed to the log at most this many milliseconds "
-            "after they happen, several per transaction under load (0: commit each at once).",
+            "omaha_group_commit", bool, True,
+            "Commit the exchanges that finish together in one transaction, holding each answer "
+            "until its exchange is committed (false: one transaction per exchange).",
         )  # fmt: skip
         loader.add_option(
             "omaha_paths", Sequence[str], [],
@@ -112,11 +102,6 @@ class OmahaObserve:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
-        if "omaha_commit_ms" in updated:
-            try:
-                self._commit_ms = parse_commit_ms(ctx.options.omaha_commit_ms)
-            except ValueError as e:
-                raise exceptions.OptionsError(str(e)) from e
         if "omaha_paths" in updated:
             try:
                 self._paths = parse_paths(ctx.options.omaha_paths)
@@ -136,33 +121,43 @@ class OmahaObserve:
         self._close_store()
 
     def _close_store(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-        if self.store is not None:
-            self.flush()
-            self.store.close()
-            self.store = None
+        if self.store is None:
+            return
+        self.flush()
+        store, self.store = self.store, None
+        try:
+            store.close()
+        except StoreError as e:
+            log.error("%s", e)
 
     def flush(self) -> None:
-        """Commit the exchanges waiting for the group commit (loud on failure)."""
-        self._flush_timer = None
-        if self.store is None or not self.store.uncommitted:
-            return
+        """Commit the exchanges of the current batch and release their held answers.
+
+        A failed commit is loud (see ``omaha_log_required``) but still releases the answers:
+        traffic is never blocked by the log.
+        """
+        batch, self._batch = self._batch, None
         try:
-            self.store.commit()
+            if self.store is not None:
+                self.store.commit()  # no-op when nothing waits
         except StoreError as e:
             self._log_failed(e)
+        finally:
+            if batch is not None and not batch.done():
+                batch.set_result(None)
 
-    def _schedule_flush(self) -> None:
-        """Commit within ``omaha_commit_ms`` on the event loop (the connection's thread)."""
-        if self._flush_timer is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (direct calls in tests): commit now
-            self.flush()
-            return
-        self._flush_timer = loop.call_later(self._commit_ms / 1000, self.flush)
+    def _committed(self) -> Awaitable[None] | None:
+        """An awaitable that completes once the pending exchanges are committed (next loop
+        turn), or None when they were committed right away (no event loop: direct calls)."""
+        if self._batch is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return None
+            self._batch = loop.create_future()
+            loop.call_soon(self.flush)
+        return self._batch
 
     # ------------------------------------------------------------------ flows
 
@@ -179,15 +174,16 @@ class OmahaObserve:
             # Nebraska trusts the first X-Forwarded-For entry: replace, never append.
             flow.request.headers["X-Forwarded-For"] = str(peer[0])
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if self._is_omaha(flow):
-            self._record(flow)
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Log the exchange. With group commit, returns an awaitable that mitmproxy awaits
+        before it sends the answer: the answer leaves once its exchange is committed."""
+        return self._record(flow) if self._is_omaha(flow) else None
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self._is_omaha(flow):
-            self._record(flow)
+            self._record(flow)  # nothing to hold: the exchange already failed
 
-    def _record(self, flow: http.HTTPFlow) -> None:
+    def _record(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         request = common.omaha_request(flow)
         action, reason = common.action(flow), common.reason(flow)
         body = common.response_body(flow) if flow.response is not None else None
@@ -211,7 +207,7 @@ class OmahaObserve:
         if action in MARKERS and not flow.marked:
             flow.marked = MARKERS[action]
         if self.store is None:
-            return
+            return None
         end = (
             flow.response.timestamp_end
             if flow.response is not None
@@ -235,14 +231,13 @@ class OmahaObserve:
                 upstream_response_xml=common.upstream_response(flow),
                 request=request,
                 response=response,
-                commit=self._commit_ms == 0,
+                commit=not ctx.options.omaha_group_commit,
                 summary=flow.comment,
             )
         except StoreError as e:
             self._log_failed(e)
-            return
-        if self.store.uncommitted:
-            self._schedule_flush()
+            return None
+        return self._committed() if self.store.uncommitted else None
 
     def _log_failed(self, e: StoreError) -> None:
         if ctx.options.omaha_log_required:
