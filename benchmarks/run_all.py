@@ -136,6 +136,11 @@ def markdown(results: list[dict[str, Any]], info: dict[str, str], started: datet
         status = "ok" if "figures" in r else r["error"].splitlines()[0]
         lines.append(f"| [{r['name']}](#{r['name'].replace('_', '')}) | {status} | {r['seconds']:.0f} |")
     lines.append("")
+    targets = [(r["name"], t) for r in results for t in _targets(r.get("figures"))]
+    if targets:
+        lines += ["**Targets**", ""]
+        lines += [f"- {name}: {text}" for name, text in targets]
+        lines.append("")
     for r in results:
         lines += [f"## {r['name']}", ""]
         doc = _docstring(r["name"])
@@ -149,13 +154,25 @@ def markdown(results: list[dict[str, Any]], info: dict[str, str], started: datet
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _targets(figures: Any) -> list[str]:
+    """A benchmark's verdicts (``verdict``/``verdicts`` strings, or ``target_met``)."""
+    if not isinstance(figures, dict):
+        return []
+    found = figures.get("verdicts") or figures.get("verdict") or []
+    out = [found] if isinstance(found, str) else [str(v) for v in found]
+    if "target_met" in figures:
+        out.append(f"target met: {figures['target_met']}")
+    return out
+
+
 def _docstring(name: str) -> str:
-    """The first paragraph of a benchmark's module docstring."""
+    """A benchmark's module docstring (what it measures and how), without its usage line."""
     text = (HERE / f"{name}.py").read_text()
     if '"""' not in text:
         return ""
     body = text.split('"""', 2)[1].strip()
-    return body.split("\n\n", 1)[0].replace("\n", " ")
+    paragraphs = [p for p in body.split("\n\n") if not p.strip().startswith("python ")]
+    return "\n\n".join(paragraphs)
 
 
 def main() -> int:
