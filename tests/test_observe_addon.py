@@ -162,6 +162,15 @@ def test_rewritten_responses_keep_the_upstream_original(observe) -> None:
     assert addon.store.recent(1)[0]["response_xml"] == NOUPDATE
 
 
+def test_flows_seen_again_are_logged_once(observe) -> None:
+    addon, _ = observe
+    flow = omaha_flow(CHECK)
+    run(addon, flow)
+    flow.live = False  # as when mitmweb re-runs the hooks on uploaded or loaded flows
+    addon.response(flow)
+    assert addon.store.count() == 1
+
+
 def test_redact_option_hashes_machine_ids(observe) -> None:
     addon, tctx = observe
     tctx.configure(addon, omaha_redact=True)
