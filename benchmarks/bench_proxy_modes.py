@@ -1,4 +1,7 @@
-"""Requests/s and p50/p99 latency through a real mitmdump in four modes, side by side.
+"""Requests/s and p50/p99 latency through a real mitmdump in six modes, side by side.
+
+Worst case, the upstream answers every check with an offer (which the log stores with its
+packages, and the control addon remembers):
 
 - **bare**: ``mitmdump --mode reverse:<upstream>`` without any script (the baseline);
 - **logging**: ``-s addons/omaha.py`` (every exchange parsed and logged to SQLite);
@@ -6,6 +9,10 @@
   is parsed, rewritten to noupdate and logged with the upstream's original;
 - **replay**: ``omaha_replay`` from a recording, ``connection_strategy=lazy`` and no upstream
   at all (the reverse target is a closed port), answers logged too.
+
+Steady state, a second upstream answers noupdate (what a fleet gets between releases):
+**bare (noupdate)** and **logging (noupdate)**. Each mode is compared with the bare proxy
+in front of the same upstream answer.
 
 The client opens one new TCP connection per request, as update_engine does, and sends the
 steady-state update check of 1,000 distinct machines, ``--concurrency`` at a time. The
@@ -31,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (
     CHECK,
+    NOUPDATE,
     OFFER,
     LoadResult,
     check_bodies,
@@ -47,7 +55,8 @@ from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 NEW = "4152.2.0"
 OFFER_NEW = OFFER.replace(b"4081.2.0", NEW.encode())  # above the machines' 4081.2.0
 PIN = "4081.2.0"
-MODES = ("bare", "logging", "logging + pin", "replay")
+MODES = ("bare", "logging", "logging + pin", "replay", "bare (noupdate)", "logging (noupdate)")
+BASELINE = {mode: "bare (noupdate)" if "noupdate" in mode else "bare" for mode in MODES}
 
 
 def _recording(directory: Path) -> Path:
@@ -58,7 +67,7 @@ def _recording(directory: Path) -> Path:
     return path
 
 
-def _proxies(stack: contextlib.ExitStack, upstream: str, scratch: Path) -> dict[str, Mitmdump]:
+def _proxies(stack: contextlib.ExitStack, upstream: str, steady: str, scratch: Path) -> dict[str, Mitmdump]:
     closed = "http://127.0.0.1:9"  # discard port: nothing listens, replay must not need it
     specs = {
         "bare": (("--mode", f"reverse:{upstream}"), False),
@@ -72,6 +81,8 @@ def _proxies(stack: contextlib.ExitStack, upstream: str, scratch: Path) -> dict[
              "--set", f"omaha_replay={_recording(scratch)}", "--set", "connection_strategy=lazy"),
             True,
         ),
+        "bare (noupdate)": (("--mode", f"reverse:{steady}"), False),
+        "logging (noupdate)": (("--mode", f"reverse:{steady}", "--set", f"omaha_db={scratch}/steady.db"), True),
     }  # fmt: skip
     ports = {}
     for mode, (args, addons) in specs.items():
@@ -103,9 +114,10 @@ def run(
     with (
         tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp,
         fast_upstream(OFFER_NEW) as upstream,
+        fast_upstream(NOUPDATE) as steady,
         contextlib.ExitStack() as stack,
     ):
-        proxies = _proxies(stack, upstream, Path(tmp))
+        proxies = _proxies(stack, upstream, steady, Path(tmp))
         for proxy in proxies.values():  # warm-up: imports, first connections, SQLite pages
             load(proxy.port, raws[:50], concurrency=concurrency)
         for r in range(rounds):
@@ -118,8 +130,13 @@ def run(
                     load(proxies[mode].port, chunk, concurrency=concurrency, cap=cap / rounds)
                 )
                 cpu[mode] += cpu_seconds(pid) - before
-        dbs = {"bare": "none.db", "logging": "log.db", "logging + pin": "pin.db", "replay": "replay.db"}
-        logged = {mode: _actions(Path(tmp) / name) for mode, name in dbs.items()}
+        dbs = {
+            "logging": "log.db",
+            "logging + pin": "pin.db",
+            "replay": "replay.db",
+            "logging (noupdate)": "steady.db",
+        }
+        logged = {mode: _actions(Path(tmp) / dbs[mode]) if mode in dbs else "-" for mode in MODES}
     return {m: merge(rs) for m, rs in results.items()}, cpu, logged
 
 
@@ -132,10 +149,10 @@ def figures(
 
     The CPU figures are the robust ones on a shared machine: background load changes the
     wall-clock rate of a round, not the CPU time the proxy spends per request."""
-    base = results["bare"]
-    base_cpu = cpu["bare"] / base.ok if base.ok else float("nan")
     rows = []
     for mode, r in results.items():
+        base = results[BASELINE[mode]]
+        base_cpu = cpu[BASELINE[mode]] / base.ok if base.ok else float("nan")
         cpu_ms = cpu[mode] / r.ok * 1000 if r.ok else float("nan")
         rows.append(
             {
@@ -160,7 +177,12 @@ def verdicts(rows: list[dict[str, object]]) -> list[str]:
     (measured) and per CPU (one core each)."""
     by = {row["mode"]: row for row in rows}
     out = []
-    for mode, target in (("logging", 0.9), ("logging + pin", 0.9), ("replay", 1.0)):
+    for mode, target in (
+        ("logging", 0.9),
+        ("logging + pin", 0.9),
+        ("replay", 1.0),
+        ("logging (noupdate)", 0.9),
+    ):
         row = by[mode]
         wall, per_cpu = float(row["vs_bare"] or 0), float(row["cpu_vs_bare"] or 0)  # type: ignore[arg-type]
         verdict = (
