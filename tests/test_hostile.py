@@ -258,6 +258,25 @@ def test_a_slow_client_does_not_hold_up_other_machines(setup: Setup) -> None:
 
 
 @pytest.mark.e2e
+def test_many_half_open_requests_do_not_starve_the_proxy(setup: Setup) -> None:
+    """Slowloris: 200 connections each stuck halfway through their headers."""
+    stuck = []
+    try:
+        for _ in range(200):
+            s = socket.create_connection(("127.0.0.1", setup.proxy.port), timeout=5)
+            s.sendall(b"POST /v1/update/ HTTP/1.1\r\nHost: x\r\nContent-Le")
+            stuck.append(s)
+        t = time.perf_counter()
+        for _ in range(5):
+            still_serves(setup)
+        assert time.perf_counter() - t < 5.0
+    finally:
+        for s in stuck:
+            s.close()
+    still_serves(setup)
+
+
+@pytest.mark.e2e
 def test_100mb_body_is_streamed_not_buffered_and_its_head_logged(setup: Setup) -> None:
     size = 100 << 20
     head = REQUEST.replace(b"</request>", b"")
