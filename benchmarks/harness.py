@@ -13,7 +13,6 @@ import asyncio
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -226,10 +225,6 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else float("nan")
 
 
 def machine_info() -> dict[str, str]:
