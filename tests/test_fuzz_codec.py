@@ -18,43 +18,15 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from mitmproxy.test import tflow
 
 from omaha_proxy import CodecError, encode, parse, parse_request, parse_response
 from omaha_proxy.codec import sniff
 from omaha_proxy.mitm import common
 from omaha_proxy.store import Store
-from tests.conftest import DATA
+from tests.support.hostile import hostile_bytes
 
-SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.xml"))]
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def mutated_sample(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from(SAMPLES)))
-    for _ in range(draw(st.integers(1, 6))):
-        if not data:
-            break
-        at = draw(st.integers(0, len(data) - 1))
-        op = draw(st.sampled_from(["flip", "cut", "insert", "dup", "truncate"]))
-        if op == "flip":
-            data[at] = draw(st.integers(0, 255))
-        elif op == "cut":
-            del data[at : at + draw(st.integers(1, 16))]
-        elif op == "insert":
-            data[at:at] = draw(st.sampled_from([b"<", b">", b'"', b"&", b"&amp;", b"<!DOCTYPE x>", b"\x00", b"\xff",
-                                                b"<app>", b"</app>", b' a="1"', b"<![CDATA[x]]>", b"<?pi x?>"]))  # fmt: skip
-        elif op == "dup":
-            end = min(len(data), at + draw(st.integers(1, 64)))
-            data[at:at] = data[at:end]
-        else:
-            del data[at:]
-    return bytes(data)
-
-
-hostile_bytes = st.binary(max_size=2048) | mutated_sample()
 
 
 def _roundtrip(data: bytes) -> None:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 from mitmproxy.test import tflow
 
 from omaha_proxy.codec import parse_request
 from omaha_proxy.errors import CodecError
 from omaha_proxy.mitm.common import is_omaha_request
-from tests.support.hostile import REQUEST, Case, cases
+from tests.support.hostile import REQUEST, Case, cases, hostile_bytes
 from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 from tests.support.upstream import MALFORMED_ANSWER, NOUPDATE, FakeUpstream
 
@@ -306,3 +307,20 @@ def test_100mb_body_is_streamed_not_buffered_and_its_head_logged(setup: Setup) -
     assert "not well-formed" in row[1]
     assert f"request body of {sent} bytes" in row[2]
     still_serves(setup)
+
+
+@pytest.mark.e2e
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=hostile_bytes)
+def test_fuzzed_bodies_through_the_proxy_are_forwarded_untouched_and_logged_exactly(
+    setup: Setup, body: bytes
+) -> None:
+    """Random bytes and mutated samples, POSTed through the real proxy."""
+    before, rows_before = len(setup.upstream.received), count_rows(setup.db)
+    status, _ = http(setup.proxy.port, "POST", "/v1/update/", body)
+    assert status == 200
+    assert setup.upstream.received[before].body == body
+    assert count_rows(setup.db) == rows_before + treated_as_omaha(body)
+    if treated_as_omaha(body):
+        assert logged_rows(setup.db, body)  # byte for byte
+    assert setup.proxy.proc.poll() is None

@@ -10,11 +10,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from tests.conftest import sample
+from hypothesis import strategies as st
+
+from tests.conftest import DATA, sample
 
 REQUEST = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")
 RESPONSE = sample("nebraska-shape__updatecheck_noupdate.GENERATED.xml")
 DOCTYPE = "document has a DOCTYPE"
+SAMPLES = [p.read_bytes() for p in sorted(DATA.glob("*.xml"))]
 
 
 @dataclass(frozen=True)
@@ -112,3 +115,35 @@ def cases(port: int) -> list[Case]:
         Case("response-posted-as-request", RESPONSE, "expected an Omaha <request>", omaha=False),
         Case("not-xml", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "not well-formed", omaha=False),
     ]
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+@st.composite
+def mutated_sample(draw: st.DrawFn) -> bytes:
+    """A sample document with 1-6 byte-level edits (flips, cuts, XML-ish inserts, duplicated
+    slices, truncation): reaches much deeper into the codec than random bytes."""
+    data = bytearray(draw(st.sampled_from(SAMPLES)))
+    for _ in range(draw(st.integers(1, 6))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        op = draw(st.sampled_from(["flip", "cut", "insert", "dup", "truncate"]))
+        if op == "flip":
+            data[at] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[at : at + draw(st.integers(1, 16))]
+        elif op == "insert":
+            data[at:at] = draw(st.sampled_from([b"<", b">", b'"', b"&", b"&amp;", b"<!DOCTYPE x>", b"\x00", b"\xff",
+                                                b"<app>", b"</app>", b' a="1"', b"<![CDATA[x]]>", b"<?pi x?>"]))  # fmt: skip
+        elif op == "dup":
+            end = min(len(data), at + draw(st.integers(1, 64)))
+            data[at:at] = data[at:end]
+        else:
+            del data[at:]
+    return bytes(data)
+
+
+hostile_bytes = st.binary(max_size=2048) | mutated_sample()
+"""Arbitrary bytes or a mutated sample."""
