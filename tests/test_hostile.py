@@ -297,7 +297,7 @@ def test_100mb_body_is_streamed_not_buffered_and_its_head_logged(setup: Setup) -
     del body, view
     with open(f"/proc/{setup.proxy.proc.pid}/status") as f:
         peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    assert peak_kib < 100 * 1024  # the proxy never held the 100 MB
+    assert peak_kib < 150 * 1024  # ~90 MiB idle: holding the 100 MB body would pass 185 MiB
     with sqlite3.connect(setup.db) as conn:
         row = conn.execute(
             "SELECT length(CAST(request_xml AS BLOB)), error, reason FROM exchanges ORDER BY id DESC LIMIT 1"
