@@ -75,15 +75,25 @@ def test_pin_rewrites_the_upstream_offer_and_keeps_the_original(control):
 
 def test_pin_below_replays_an_offer_seen_earlier_in_the_run(control):
     addon, tctx = control
-    seen = flow_for(encode(check("3975.2.0", machine="a" * 32)), offer("4081.2.0"))
-    addon.response(seen)  # upstream offered 4081.2.0 to someone: remembered
     tctx.configure(addon, omaha_pin="4081.2.0")
+    seen = flow_for(encode(check("3975.2.0", machine="a" * 32)), offer("4081.2.0"))
+    addon.response(seen)  # upstream offered exactly the pin to someone: passed and remembered
+    assert sent(seen).version == "4081.2.0"
     flow = flow_for(encode(check("3975.2.0")), offer("4152.2.0"))
     addon.response(flow)
     result = sent(flow)
     assert (result.kind, result.version) == ("update", "4081.2.0")
     assert parse_response(flow.response.content).apps[0].updatecheck == offer("4081.2.0").apps[0].updatecheck
     assert "4081.2.0 (amd64-usr)" in addon.status()
+
+
+def test_without_a_policy_answers_are_not_even_parsed(control):
+    addon, _ = control
+    flow = flow_for(encode(check("3975.2.0")), NOUPDATE)
+    flow.response.content = b"<response>not even well-formed"
+    addon.response(flow)  # must not parse, decide or touch anything
+    assert flow.response.content == b"<response>not even well-formed"
+    assert action(flow) == "forwarded" and addon.offers == {}
 
 
 def test_rollout_holds_the_third_machine(control):

@@ -28,7 +28,6 @@ from omaha_proxy.mitm.common import (
     keep_upstream_response,
     omaha_request,
     omaha_response,
-    response_body,
     set_action,
 )
 from omaha_proxy.model import AppRequest, UpdateCheckResponse
@@ -233,10 +232,11 @@ class OmahaControl:
         request = omaha_request(flow)
         if request is None:
             return
-        body = response_body(flow)
         state = self.state
-        if state.block is None and state.pin is None and state.rollout is None and b"<manifest" not in body:
-            return  # no policy, and no offer to remember or count as a grant: skip the parse
+        if state.block is None and state.pin is None and state.rollout is None:
+            # No policy, nothing to decide: the hot path of a logging-only proxy. Offers seen
+            # meanwhile are found in the log (Store.latest_offer) when a pin later needs one.
+            return
         upstream = omaha_response(flow)  # parsed once per body, shared with the logger
         if upstream is None:
             return  # not ours to fix: the logger records the parse error
