@@ -62,6 +62,39 @@ from omaha_proxy.versions import compare_versions, parse_version
 
 __version__ = "0.1.0"
 
+# The heavier layers (SQLite store, servers, simulator, replay, cache, bundles, policies) load
+# on first use, so that `import omaha_proxy` for the codec stays light.
+_LAZY: dict[str, tuple[str, str]] = {
+    "Store": ("omaha_proxy.store", "Store"),
+    "Machine": ("omaha_proxy.machine", "Machine"),
+    "simulate": ("omaha_proxy.simulator", "simulate"),
+    "OmahaServer": ("omaha_proxy.server", "OmahaServer"),
+    "serve_package": ("omaha_proxy.serve_package", "serve_package"),
+    "Recording": ("omaha_proxy.recording", "Recording"),
+    "load_recording": ("omaha_proxy.recording", "load"),
+    "Player": ("omaha_proxy.replay", "Player"),
+    "MissPolicy": ("omaha_proxy.replay", "MissPolicy"),
+    "PolicyState": ("omaha_proxy.policy", "PolicyState"),
+    "Decision": ("omaha_proxy.policy", "Decision"),
+    "decide": ("omaha_proxy.policy", "decide"),
+    "PayloadCache": ("omaha_proxy.cache", "PayloadCache"),
+    "export_bundle": ("omaha_proxy.bundle", "export_bundle"),
+    "load_bundle": ("omaha_proxy.bundle", "load_bundle"),
+}
+
+
+def __getattr__(name: str) -> object:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'omaha_proxy' has no attribute {name!r}") from None
+    import importlib
+
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "Ack",
     "Action",
@@ -72,6 +105,7 @@ __all__ = [
     "CodecError",
     "Data",
     "DayStart",
+    "Decision",
     "ErrorCode",
     "ErrorCodeInfo",
     "ErrorFlag",
@@ -80,18 +114,26 @@ __all__ = [
     "EventType",
     "Hw",
     "InstanceState",
+    "Machine",
     "Manifest",
+    "MissPolicy",
     "OmahaError",
+    "OmahaServer",
     "Os",
     "Package",
     "PackageInfo",
+    "PayloadCache",
     "PayloadError",
     "Ping",
+    "Player",
+    "PolicyState",
+    "Recording",
     "RecordingError",
     "ReplayMiss",
     "Request",
     "RequestKind",
     "Response",
+    "Store",
     "StoreError",
     "UpdateCheck",
     "UpdateCheckResponse",
@@ -102,10 +144,14 @@ __all__ = [
     "ack_response",
     "app_kind",
     "compare_versions",
+    "decide",
     "decode_error_code",
     "describe_request",
     "describe_response",
     "encode",
+    "export_bundle",
+    "load_bundle",
+    "load_recording",
     "noupdate_response",
     "offer_response",
     "package_info_from_bytes",
@@ -115,6 +161,8 @@ __all__ = [
     "parse_response",
     "parse_version",
     "replace_updatecheck",
+    "serve_package",
+    "simulate",
     "sniff",
     "update_engine_verdict",
     "with_codebase",
