@@ -414,7 +414,7 @@ class SimulationReport:
 
 def format_report(report: SimulationReport) -> str:
     """The per-machine table plus a summary line."""
-    rows = [("MACHINE", "ALIAS", "FROM", "TO", "OUTCOME", "REQS", "ERRORS")]
+    rows: list[tuple[str, ...]] = [("MACHINE", "ALIAS", "FROM", "TO", "OUTCOME", "REQS", "ERRORS")]
     for m in report.machines:
         rows.append((m.machine_id[:12], m.alias, m.start_version, m.version, m.outcome, str(len(m.steps)),
                      ",".join(str(c) for c in m.error_codes) or "-"))  # fmt: skip
