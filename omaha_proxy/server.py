@@ -449,6 +449,18 @@ class OmahaServer:
         """Serve in the calling thread until :meth:`stop` is called from another thread."""
         self._httpd.serve_forever(poll_interval=0.2)
 
+    def serve_until_interrupted(self) -> None:
+        """Serve in the calling thread until Ctrl-C (or :meth:`stop`), then close the socket.
+
+        The foreground loop of every ``omaha-proxy`` server command.
+        """
+        try:
+            self.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         """Stop serving and close the socket (idempotent)."""
         if self._thread is not None:

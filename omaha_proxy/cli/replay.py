@@ -66,8 +66,5 @@ def run(args: argparse.Namespace) -> int:
         f"replaying {len(rec.exchanges)} exchanges of {len(rec.machines)} machines at {server.omaha_url}",
         flush=True,
     )
-    try:
-        server.serve_forever()
-    finally:
-        server.stop()
+    server.serve_until_interrupted()
     return 0

@@ -68,10 +68,5 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"serving {args.package_version} at {server.omaha_url}", file=sys.stderr)
     print(f"point update_engine at it: SERVER={server.omaha_url}", file=sys.stderr)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    server.serve_until_interrupted()
     return 0
