@@ -153,6 +153,7 @@ class Store:
         response: Response | None = None,
         commit: bool = True,
         summary: str | None = None,
+        check_duplicate: bool = True,
     ) -> int:
         """Log one exchange with its decoded rows and the instance update, in one transaction.
 
@@ -164,7 +165,9 @@ class Store:
         With ``commit=False`` the exchange joins an open transaction (one is begun if needed)
         that a later :meth:`commit` makes durable and visible to other connections: group
         commit for busy proxies. The exchange's rows are still all-or-nothing (a savepoint).
-        Returns the exchange id; raises :class:`StoreError` when the database write fails.
+        ``check_duplicate=False`` skips that look-up, for callers that know the flow is new
+        (a live flow is logged once). Returns the exchange id; raises :class:`StoreError`
+        when the database write fails.
         """
         decoded = self._decode(request_xml, response_xml, upstream_response_xml, request, response)
         errors = tuple(e for e in (error, *decoded.errors) if e)
@@ -198,16 +201,39 @@ class Store:
         try:
             if not commit and not self.db.conn.in_transaction:
                 self.db.conn.execute("BEGIN")
-            with self.db.atomic():  # a savepoint inside an open transaction
-                existing = self.db.conn.execute(_BY_FLOW_ID, (ts, flow_id)).fetchone()
-                if existing is not None:
-                    return int(existing[0])
+            with self._exchange_savepoint():
+                if check_duplicate:
+                    existing = self.db.conn.execute(_BY_FLOW_ID, (ts, flow_id)).fetchone()
+                    if existing is not None:
+                        return int(existing[0])
                 exchange_id = self._insert("exchanges", row)
                 if req is not None:
                     self._record_apps(exchange_id, ts, req, decoded, action, client_ip)
             return exchange_id
         except sqlite3.Error as e:
             raise StoreError(f"cannot write to the Omaha log {self.path}: {e}") from e
+
+    @contextmanager
+    def _exchange_savepoint(self) -> Iterator[None]:
+        """One exchange's rows, all or nothing, inside an open transaction (or its own).
+
+        A fixed savepoint name keeps the statements in sqlite3's cache (sqlite-utils'
+        ``atomic()`` names each savepoint at random, so every exchange re-prepared them).
+        """
+        conn = self.db.conn
+        if not conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        conn.execute("SAVEPOINT omaha_exchange")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO SAVEPOINT omaha_exchange")
+                conn.execute("RELEASE SAVEPOINT omaha_exchange")
+            raise
+        conn.execute("RELEASE SAVEPOINT omaha_exchange")
 
     def _decode(
         self,

@@ -233,6 +233,8 @@ class OmahaObserve:
                 response=response,
                 commit=not ctx.options.omaha_group_commit,
                 summary=flow.comment,
+                # A live flow is logged once; flows loaded from a file or upload may come again.
+                check_duplicate=not flow.live,
             )
         except StoreError as e:
             self._log_failed(e)
