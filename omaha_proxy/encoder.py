@@ -6,6 +6,7 @@ XML declaration, no namespaces, never self-closing (``<urls></urls>``), compact 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -90,29 +91,61 @@ class _Writer:
 
 
 _XML_NAMES: dict[type, dict[str, str]] = {}
+_FULL_WRITERS: dict[type, tuple[int, Any]] = {}
+
+
+def _full_writer(cls: type) -> tuple[int, Any]:
+    """A function, generated once per model class, writing every attribute in model order.
+
+    Used for objects built in code (their ``__dict__`` holds every field): one look-up per
+    attribute instead of a loop over all fields, children included.
+    """
+    entry = _FULL_WRITERS.get(cls)
+    if entry is None:
+        lines = ["def write(d):", "    out = ''"]
+        for field, xml, is_int in cls._ATTRS:  # type: ignore[attr-defined]
+            lines.append(f"    v = d[{field!r}]")
+            lines.append("    if v is not None:")
+            if is_int:
+                lines.append(f"        out += ' {xml}=\"' + str(v) + '\"'")
+            else:
+                lines.append("        if search(v) is not None: v = escape(v)")
+                lines.append(f"        out += ' {xml}=\"' + v + '\"'")
+        lines.append("    return out")
+        namespace: dict[str, Any] = {"search": _ATTR_ESCAPE.search, "escape": _esc_attr}
+        exec("\n".join(lines), namespace)  # source built from the model's own tables
+        entry = _FULL_WRITERS[cls] = (len(dataclasses.fields(cls)), namespace["write"])
+    return entry
 
 
 def _model_attrs(obj: Any) -> str:
     """The element's attributes as ` name="value"` text.
 
-    Walks the instance's own fields: a decoded object holds only the attributes that were
-    present, in document order (so the original order survives a round trip); an object
-    built in code holds every field, in declaration order, which is the model's order.
+    A decoded object holds only the attributes that were present, in document order, and
+    is written in that order (so the original order survives a round trip); an object
+    built in code holds every field and is written in the model's order.
     """
     cls = type(obj)
-    names = _XML_NAMES.get(cls)
-    if names is None:
-        names = _XML_NAMES[cls] = {field: xml for field, xml, _ in cls._ATTRS}
-    out = ""
-    for field, value in obj.__dict__.items():
-        if value is None:
-            continue
-        xml = names.get(field)
-        if xml is None:
-            continue
-        if type(value) is str and _ATTR_ESCAPE.search(value) is not None:
-            value = _esc_attr(value)
-        out += f' {xml}="{value}"'
+    values = obj.__dict__
+    size, write_all = _FULL_WRITERS.get(cls) or _full_writer(cls)
+    if len(values) == size:
+        out = write_all(values)
+        extra = values["extra"]
+        return out + _extra_attrs(extra) if extra else out
+    else:
+        names = _XML_NAMES.get(cls)
+        if names is None:
+            names = _XML_NAMES[cls] = {field: xml for field, xml, _ in cls._ATTRS}
+        out = ""
+        for field, value in values.items():
+            if value is None:
+                continue
+            xml = names.get(field)
+            if xml is None:
+                continue
+            if type(value) is str and _ATTR_ESCAPE.search(value) is not None:
+                value = _esc_attr(value)
+            out += f' {xml}="{value}"'
     extra = obj.extra
     if extra:
         out += _extra_attrs(extra)
@@ -145,7 +178,10 @@ def _write_unknown(w: _Writer, el: XmlElement) -> None:
 
 def _write_leaf(w: _Writer, tag: str, obj: Any, text: str | None = None) -> None:
     if not obj.unknown:
-        w.empty(tag, _model_attrs(obj), text)
+        if w.indent is None and not text:  # the common case, inlined: compact, no content
+            w.out.append(f"<{tag}{_model_attrs(obj)}></{tag}>")
+        else:
+            w.empty(tag, _model_attrs(obj), text)
         return
     _write_mixed(w, tag, _model_attrs(obj), text, obj.unknown)
 
@@ -183,8 +219,16 @@ def _write_wrapper(w: _Writer, tag: str, item: str, items: tuple[Any, ...]) -> N
         w.empty(tag, "")
         return
     w.open(tag, "")
-    for obj in items:
-        _write_leaf(w, item, obj)
+    if w.indent is None:  # compact: one append per item (packages, actions, urls)
+        append = w.out.append
+        for obj in items:
+            if obj.unknown:
+                _write_leaf(w, item, obj)
+            else:
+                append(f"<{item}{_model_attrs(obj)}></{item}>")
+    else:
+        for obj in items:
+            _write_leaf(w, item, obj)
     w.close(tag, True)
 
 
