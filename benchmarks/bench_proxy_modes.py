@@ -1,7 +1,7 @@
 """Requests/s and p50/p99 latency through a real mitmdump in six modes, side by side.
 
 Worst case, the upstream answers every check with an offer (which the log stores with its
-packages, and the control addon remembers):
+packages):
 
 - **bare**: ``mitmdump --mode reverse:<upstream>`` without any script (the baseline);
 - **logging**: ``-s addons/omaha.py`` (every exchange parsed and logged to SQLite);
