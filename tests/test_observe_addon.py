@@ -40,6 +40,12 @@ def upstream_answer(flow: http.HTTPFlow, body: bytes) -> None:
     flow.response.timestamp_end = flow.request.timestamp_start + 1
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Loading the addon opens its default log, ./omaha.db, before a test can point it elsewhere.
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def observe(tmp_path: Path) -> Iterator[tuple[OmahaObserve, taddons.context]]:
     addon = OmahaObserve()
