@@ -10,13 +10,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 REPO = Path(__file__).resolve().parents[2]
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
-_LISTENING = re.compile(r"listening at 127\.0\.0\.1:(\d+)")
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Mitmdump:
     proc: subprocess.Popen[str]
     port: int = 0
     lines: list[str] = field(default_factory=list)
+    listening: ClassVar[re.Pattern[str]] = re.compile(r"listening at 127\.0\.0\.1:(\d+)")
 
     @property
     def url(self) -> str:
@@ -61,15 +62,30 @@ def run_mitmdump(
     scratch = tempfile.TemporaryDirectory(prefix="omaha-mitmdump-")
     cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "-p", "0", "--set", "flow_detail=0"]
     if addons:
-        cmd += ["-s", str(REPO / "addons/omaha.py")]
-        if not any(a.startswith("omaha_db=") for a in args):  # a repeated --set breaks every --set
-            cmd += ["--set", f"omaha_db={scratch.name}/omaha.db"]
+        cmd += addon_args(args, scratch.name)
     cmd += args
     proc = subprocess.Popen(
         cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         preexec_fn=preexec_fn,
     )  # fmt: skip
-    md = Mitmdump(proc)
+    with scratch, supervise(Mitmdump(proc), startup_timeout) as md:
+        yield md
+
+
+def addon_args(args: Sequence[str], scratch: str) -> list[str]:
+    """``-s`` the entry script, and a log in ``scratch`` unless ``args`` set ``omaha_db``."""
+    out = ["-s", str(REPO / "addons/omaha.py")]
+    if not any(a.startswith("omaha_db=") for a in args):  # a repeated --set breaks every --set
+        out += ["--set", f"omaha_db={scratch}/omaha.db"]
+    return out
+
+
+@contextlib.contextmanager
+def supervise[M: Mitmdump](
+    md: M, startup_timeout: float, ready: Callable[[M], bool] = lambda md: True
+) -> Iterator[M]:
+    """Collect ``md.proc``'s output, wait until it listens (and ``ready``), SIGINT it on exit."""
+    proc = md.proc
     assert proc.stdout is not None
     stdout = proc.stdout
 
@@ -80,14 +96,13 @@ def run_mitmdump(
     threading.Thread(target=pump, daemon=True).start()
     try:
         deadline = time.monotonic() + startup_timeout
-        while not md.port:
-            match = _LISTENING.search(md.output)
+        while not md.port or not ready(md):
+            match = md.listening.search(md.output)
             if match:
                 md.port = int(match.group(1))
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mitmdump did not start:\n{md.output}")
-            else:
-                time.sleep(0.05)
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{type(md).__name__.lower()} did not start:\n{md.output}")
+            time.sleep(0.05)
         yield md
     finally:
         proc.send_signal(signal.SIGINT)
@@ -96,4 +111,3 @@ def run_mitmdump(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
-        scratch.cleanup()

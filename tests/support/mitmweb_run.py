@@ -5,23 +5,20 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from tests.support.mitmdump_run import Mitmdump
+from tests.support.mitmdump_run import Mitmdump, addon_args, supervise
 
 REPO = Path(__file__).resolve().parents[2]
 MITMWEB = Path(sys.executable).parent / "mitmweb"
-_LISTENING = re.compile(r"(?<!Web server) listening at 127\.0\.0\.1:(\d+)")
 PASSWORD = "omaha-test"
 _XSRF = "omaha-xsrf"
 
@@ -38,6 +35,7 @@ class Mitmweb(Mitmdump):
     """A running mitmweb: a :class:`Mitmdump` (proxy port, output) plus its web port."""
 
     web_port: int = 0
+    listening: ClassVar[re.Pattern[str]] = re.compile(r"(?<!Web server) listening at 127\.0\.0\.1:(\d+)")
 
     def api(self, method: str, path: str, payload: Any = None) -> Any:
         """Call the web API (Bearer auth, XSRF cookie + header); returns the decoded JSON body."""
@@ -54,35 +52,19 @@ class Mitmweb(Mitmdump):
 
 @contextlib.contextmanager
 def run_mitmweb(*args: str, startup_timeout: float = 20.0) -> Iterator[Mitmweb]:
-    """Start mitmweb with the omaha addons and ``args``; stop it with SIGINT on exit."""
+    """Start mitmweb with the omaha addons and ``args``; stop it with SIGINT on exit.
+
+    Like :func:`run_mitmdump`, it runs in a temporary directory and logs there unless
+    ``args`` set ``omaha_db``.
+    """
     web_port = free_port()
-    cmd = [str(MITMWEB), "--listen-host", "127.0.0.1", "-p", "0", "-s", str(REPO / "addons/omaha.py")]
+    scratch = tempfile.TemporaryDirectory(prefix="omaha-mitmweb-")
+    cmd = [str(MITMWEB), "--listen-host", "127.0.0.1", "-p", "0", *addon_args(args, scratch.name)]
     cmd += ["--set", "web_open_browser=false", "--set", "web_host=127.0.0.1", "--set", f"web_port={web_port}"]
     cmd += ["--set", f"web_password={PASSWORD}", *args]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=scratch.name, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     web = Mitmweb(proc, web_port=web_port)
-    assert proc.stdout is not None
-    stdout = proc.stdout
-
-    def pump() -> None:
-        for line in stdout:
-            web.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while not web.port or "Web server listening" not in web.output:
-            match = _LISTENING.search(web.output)
-            if match:
-                web.port = int(match.group(1))
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mitmweb did not start:\n{web.output}")
-            time.sleep(0.05)
-        yield web
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with scratch, supervise(web, startup_timeout, lambda w: "Web server listening" in w.output) as running:
+        yield running
