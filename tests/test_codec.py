@@ -178,8 +178,12 @@ def test_indent_is_optional_and_reparses_equal() -> None:
     assert parse_response(pretty) == resp
 
 
-def test_compact_encoding_matches_nebraska_bytes() -> None:
-    data = sample("nebraska-shape__updatecheck_update_ok.GENERATED.xml")
+NEBRASKA_SHAPED = sorted(p.name for p in DATA.glob("nebraska-shape__*.GENERATED.xml"))
+
+
+@pytest.mark.parametrize("name", NEBRASKA_SHAPED)
+def test_compact_encoding_matches_nebraska_bytes(name: str) -> None:
+    data = sample(name)
     assert encode(parse_response(data)) == data
 
 
