@@ -181,22 +181,24 @@ def replace_updatecheck(
     return replace(response, apps=apps)
 
 
-def with_noupdate(response: Response, appid: str | None = None) -> Response:
-    """Turn every updatecheck (or ``appid``'s) into ``noupdate``, keeping the rest.
+def as_noupdate(uc: UpdateCheckResponse | None) -> UpdateCheckResponse:
+    """``uc`` turned into ``noupdate``: its URLs, manifests and ``info`` go; ``PollInterval``,
+    unknown attributes and elements stay. Nebraska's shape: an empty ``<urls></urls>``."""
+    if uc is None:
+        return noupdate_updatecheck()
+    return replace(uc, status="noupdate", urls=(), manifests=(), info=None)
 
-    The updatecheck's own extra attributes and ``PollInterval`` are kept; its URLs and
-    manifests go. App status is left as sent (update_engine does not read it).
-    """
-    apps = []
-    for app in response.apps:
-        uc = app.updatecheck
-        if uc is not None and (appid is None or app.appid == appid):
-            uc = UpdateCheckResponse(
-                status="noupdate", poll_interval=uc.poll_interval, urls=(), extra=uc.extra
-            )
-            app = replace(app, updatecheck=uc)
-        apps.append(app)
-    return replace(response, apps=tuple(apps))
+
+def with_noupdate(response: Response, appid: str | None = None) -> Response:
+    """Turn every updatecheck (or ``appid``'s) into ``noupdate`` (:func:`as_noupdate`),
+    keeping the rest. App status is left as sent (update_engine does not read it)."""
+    apps = tuple(
+        replace(app, updatecheck=as_noupdate(app.updatecheck))
+        if app.updatecheck is not None and (appid is None or app.appid == appid)
+        else app
+        for app in response.apps
+    )
+    return replace(response, apps=apps)
 
 
 def with_codebase(response: Response, fn: Callable[[str], str]) -> Response:

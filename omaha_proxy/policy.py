@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
-from omaha_proxy.build import noupdate_response
+from omaha_proxy.build import as_noupdate, noupdate_response
 from omaha_proxy.model import AppRequest, AppResponse, Request, Response, UpdateCheckResponse
 from omaha_proxy.policy_specs import (
     BlockSpec,
@@ -167,14 +167,6 @@ def _offered(app: AppResponse) -> str | None:
     return uc.manifest.version or ""
 
 
-def _noupdate(uc: UpdateCheckResponse | None) -> UpdateCheckResponse:
-    """``uc`` turned into noupdate, keeping ``PollInterval`` and unknown attributes."""
-    if uc is None:
-        return UpdateCheckResponse(status="noupdate", urls=())
-    # Nebraska's shape: a noupdate still carries an empty <urls></urls>.
-    return replace(uc, status="noupdate", urls=(), manifests=(), info=None)
-
-
 def _set_uc(response: Response, index: int, uc: UpdateCheckResponse) -> Response:
     apps = list(response.apps)
     apps[index] = replace(apps[index], updatecheck=uc)
@@ -233,7 +225,7 @@ def decide_block(request: Request, upstream: Response | None, state: PolicyState
     blocked_ids = {id(app) for app, _ in blocked}
     for app, i in _pairs(request, upstream):
         if id(app) in blocked_ids and _offered(response.apps[i]) is not None:
-            response = _set_uc(response, i, _noupdate(response.apps[i].updatecheck))
+            response = _set_uc(response, i, as_noupdate(response.apps[i].updatecheck))
     if response is upstream:
         return Decision()
     return Decision(DecisionAction.NOUPDATE, f"blocked ({selectors}): offer withheld", response, "blocked")
@@ -293,7 +285,7 @@ def decide_pin(request: Request, upstream: Response | None, state: PolicyState, 
                 actions.append(DecisionAction.OFFER)
                 reasons.append(f"{prefix}: {what} replaced, {why}")
             else:
-                response = _set_uc(response, i, _noupdate(uc))
+                response = _set_uc(response, i, as_noupdate(uc))
                 actions.append(DecisionAction.NOUPDATE)
                 reasons.append(f"{prefix}: {what} withheld ({why})")
         elif status == "noupdate":
@@ -361,7 +353,7 @@ def decide_rollout(
             grants.append(Grant(machine, version, now))
             reasons.append(f"rollout: {version} granted")
             continue
-        response = _set_uc(response, i, _noupdate(upstream.apps[i].updatecheck))
+        response = _set_uc(response, i, as_noupdate(upstream.apps[i].updatecheck))
         held = True
         reasons.append(f"rollout: {version} held, {why}")
     if not held:
