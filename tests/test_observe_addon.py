@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 
 import pytest
@@ -55,16 +57,17 @@ def observe(tmp_path: Path) -> Iterator[tuple[OmahaObserve, taddons.context]]:
     addon.done()
 
 
-def run(addon: OmahaObserve, flow: http.HTTPFlow, response: bytes | None = ACK) -> None:
+def run(addon: OmahaObserve, flow: http.HTTPFlow, response: bytes | None = ACK) -> Awaitable[None] | None:
     """The hooks mitmproxy calls for one flow; the upstream answers ``response`` unless an
-    addon already answered or the flow has an error."""
+    addon already answered or the flow has an error. Returns what the response hook returned
+    (on a running loop: the awaitable that holds the answer until its exchange is committed)."""
     addon.request(flow)
     if flow.error is not None:
         addon.error(flow)
-        return
+        return None
     if flow.response is None and response is not None:
         upstream_answer(flow, response)
-    addon.response(flow)
+    return addon.response(flow)
 
 
 def test_update_check_is_logged_commented_and_forwarded_with_x_forwarded_for(observe) -> None:
@@ -193,20 +196,31 @@ def test_omaha_xff_false_leaves_the_header_alone(observe) -> None:
     assert "X-Forwarded-For" not in flow.request.headers
 
 
-async def test_a_failed_log_write_shuts_the_proxy_down_unless_opted_out(tmp_path: Path, caplog) -> None:
+HOLDING_WRITERS = ("process", "loop")  # the writers that hold the answer until a later commit
+
+
+async def answered(held: Awaitable[None] | None) -> None:
+    """Wait until the answer is released (None: it never was held, e.g. the write failed)."""
+    if held is not None:
+        await asyncio.wait_for(held, 10)
+    await asyncio.sleep(0)  # what the addon scheduled on the loop (a shutdown) runs now
+
+
+@pytest.mark.parametrize("writer", HOLDING_WRITERS)
+async def test_a_failed_log_write_shuts_the_proxy_down_unless_opted_out(
+    tmp_path: Path, caplog, writer: str
+) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:  # on the test's running loop: shutdown() is scheduled there
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"))
-        addon.store.db.conn.execute("DROP TABLE events")
-        run(addon, omaha_flow(HASH_MISMATCH))
-        await asyncio.sleep(0)
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer)
+        addon.store.db.conn.execute("DROP TABLE events")  # the writer process sees it too
+        await answered(run(addon, omaha_flow(HASH_MISMATCH)))  # released all the same
         assert tctx.master.should_exit.is_set()
         assert "cannot write to the Omaha log" in caplog.text and "shutting down" in caplog.text
         tctx.master.should_exit.clear()
         tctx.configure(addon, omaha_log_required=False)
         flow = omaha_flow(HASH_MISMATCH)
-        run(addon, flow)
-        await asyncio.sleep(0)
+        await answered(run(addon, flow))
         assert not tctx.master.should_exit.is_set()
         assert flow.response.content == ACK  # traffic is never blocked by the log
         addon.done()
@@ -218,37 +232,69 @@ def committed(path: Path) -> int:
         return int(other.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
 
 
-async def test_group_commit_holds_each_answer_until_its_exchange_is_committed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("writer", HOLDING_WRITERS)
+async def test_each_answer_is_held_until_its_exchange_is_committed(tmp_path: Path, writer: str) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"))
-        held = []
-        for _ in range(3):
-            flow = omaha_flow(CHECK)
-            addon.request(flow)
-            upstream_answer(flow, ACK)
-            held.append(addon.response(flow))
-        assert held[0] is held[1] is held[2] and not held[0].done()  # one batch, answers held
-        assert committed(tmp_path / "omaha.db") == 0
-        await asyncio.wait_for(held[0], 1)  # committed on the next turn of the loop
-        assert committed(tmp_path / "omaha.db") == 3
-        tctx.configure(addon, omaha_group_commit=False)
-        flow = omaha_flow(CHECK)
-        addon.request(flow)
-        upstream_answer(flow, ACK)
-        assert addon.response(flow) is None  # committed in the hook, nothing to wait for
+        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer)
+        held = [run(addon, omaha_flow(CHECK)) for _ in range(3)]
+        assert all(answer is not None and not answer.done() for answer in held)
+        await asyncio.wait_for(asyncio.gather(*held), 10)  # type: ignore[arg-type]
+        assert committed(tmp_path / "omaha.db") == 3  # visible to other connections once released
+        tctx.configure(addon, omaha_log_writer="hook")
+        assert run(addon, omaha_flow(CHECK)) is None  # committed in the hook, nothing to wait for
         assert committed(tmp_path / "omaha.db") == 4
         addon.done()
 
 
-async def test_a_failed_group_commit_is_loud_but_releases_the_answers(tmp_path: Path, caplog) -> None:
+async def test_the_writer_process_holds_the_answer_while_the_log_is_locked(tmp_path: Path) -> None:
+    """Held means held: while another connection holds the write lock the writer cannot
+    commit, and the answer does not leave; it leaves as soon as the commit succeeds."""
+    path = tmp_path / "omaha.db"
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_required=False)
-        flow = omaha_flow(CHECK)
-        addon.request(flow)
-        upstream_answer(flow, ACK)
-        waiter = addon.response(flow)
+        tctx.configure(addon, omaha_db=str(path))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the write lock (the writer waits: busy_timeout 5 s)
+        answer = run(addon, omaha_flow(CHECK))
+        await asyncio.sleep(1.0)
+        assert answer is not None and not answer.done()
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(answer, 10)
+        assert committed(path) == 1
+        addon.done()
+
+
+async def test_a_lost_writer_process_releases_its_answers_and_is_loud(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "omaha.db"
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(path), omaha_log_required=False)
+        await asyncio.wait_for(run(addon, omaha_flow(CHECK)), 10)
+        assert addon._writer is not None
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # keeps the next exchange waiting in the writer
+        answer = run(addon, omaha_flow(CHECK))
+        os.kill(addon._writer.pid, signal.SIGKILL)
+        await asyncio.wait_for(answer, 10)  # released: traffic is never blocked by the log
+        other.execute("COMMIT")
+        other.close()
+        assert "log writer exited" in caplog.text and "1 exchange(s) not logged" in caplog.text
+        # From then on the exchanges are written on the event loop, still held until committed.
+        await asyncio.wait_for(run(addon, omaha_flow(CHECK)), 10)
+        assert "writing the log on the event loop" in caplog.text
+        assert committed(path) == 2
+        addon.done()
+
+
+async def test_a_failed_commit_on_the_loop_is_loud_but_releases_the_answers(tmp_path: Path, caplog) -> None:
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(
+            addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_required=False, omaha_log_writer="loop"
+        )
+        waiter = run(addon, omaha_flow(CHECK))
         addon.store.db.conn.close()  # the commit will fail
         await asyncio.wait_for(waiter, 1)
         assert "cannot commit to the Omaha log" in caplog.text
@@ -261,6 +307,7 @@ async def test_a_failed_group_commit_is_loud_but_releases_the_answers(tmp_path: 
         ("omaha_db", "/nonexistent/dir/omaha.db", "does not exist"),
         ("omaha_db", "", "must be a file path"),
         ("omaha_paths", ["v1/update"], "starting with '/'"),
+        ("omaha_log_writer", "thread", "process, loop, hook"),
     ],
 )
 def test_bad_options_are_refused_with_a_message_naming_valid_values(observe, option, value, message) -> None:

@@ -13,10 +13,12 @@ is logged raw with its error and forwarded untouched.
 The log is required by default: if a write fails, the error is logged and the proxy shuts
 down (``omaha_log_required=false`` keeps it running without its log).
 
-Group commit (``omaha_group_commit``, on by default): the exchanges that finish in the same
-turn of the event loop share one transaction, committed on the next turn, and each answer is
-held until its exchange is committed: a crash never loses an exchange a machine was answered,
-and under load the commit (the biggest part of logging) is paid once per batch.
+Who writes (``omaha_log_writer``): by default a separate writer process
+(:mod:`omaha_proxy.logwriter`), so that the SQLite work stays off mitmproxy's event loop,
+the proxy's bottleneck. It commits the exchanges waiting together in one transaction. In
+every mode each answer is held until its exchange is committed: a crash never loses an
+exchange a machine was answered. ``loop`` writes on the event loop, the exchanges of one
+loop turn sharing a commit; ``hook`` writes and commits each exchange in its hook.
 """
 
 from __future__ import annotations
@@ -25,15 +27,20 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
 from omaha_proxy.errors import StoreError
+from omaha_proxy.logwriter import LogWriterProcess
 from omaha_proxy.mitm import common
 from omaha_proxy.store import Store
 from omaha_proxy.summary import describe_exchange
 
 log = logging.getLogger(__name__)
+
+#: ``omaha_log_writer`` values: who writes the log (all hold each answer until committed).
+LOG_WRITERS = ("process", "loop", "hook")
 
 # flow.marked symbols (mitmweb renders the emoji) for answers the proxy made or changed.
 MARKERS: dict[str, str] = {
@@ -75,6 +82,8 @@ class OmahaObserve:
         self.store: Store | None = None
         self._paths: tuple[str, ...] = ()
         self._batch: asyncio.Future[None] | None = None  # answers waiting for the next commit
+        self._writer: LogWriterProcess | None = None
+        self._writer_broken = False  # it died or could not start: write on the loop instead
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("omaha_db", str, "omaha.db", "SQLite file of the Omaha log (created if missing).")
@@ -92,9 +101,11 @@ class OmahaObserve:
             "Shut the proxy down when the Omaha log cannot be written (false: log the error, keep going).",
         )  # fmt: skip
         loader.add_option(
-            "omaha_group_commit", bool, True,
-            "Commit the exchanges that finish together in one transaction, holding each answer "
-            "until its exchange is committed (false: one transaction per exchange).",
+            "omaha_log_writer", str, "process",
+            "Who writes the log: 'process' (a writer process, off the event loop), 'loop' (on the "
+            "event loop, one commit per loop turn) or 'hook' (one commit per exchange). "
+            "Each answer is held until its exchange is committed.",
+            choices=LOG_WRITERS,
         )  # fmt: skip
         loader.add_option(
             "omaha_paths", Sequence[str], [],
@@ -102,6 +113,14 @@ class OmahaObserve:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        if "omaha_log_writer" in updated and ctx.options.omaha_log_writer not in LOG_WRITERS:
+            raise exceptions.OptionsError(
+                f"omaha_log_writer must be one of {', '.join(LOG_WRITERS)}; "
+                f"got {ctx.options.omaha_log_writer!r}"
+            )
+        if "omaha_log_writer" in updated and ctx.options.omaha_log_writer != "process":
+            self._stop_writer()
+            self._writer_broken = False
         if "omaha_paths" in updated:
             try:
                 self._paths = parse_paths(ctx.options.omaha_paths)
@@ -117,6 +136,11 @@ class OmahaObserve:
             self.store = store
             log.info("Omaha log: %s%s", path, " (redacted)" if store.redact else "")
 
+    def running(self) -> None:
+        # Start the writer now rather than with the first exchange (it takes ~0.3 s).
+        if self.store is not None and ctx.options.omaha_log_writer == "process":
+            self._process_writer(asyncio.get_running_loop())
+
     def done(self) -> None:
         self._close_store()
 
@@ -124,6 +148,7 @@ class OmahaObserve:
         if self.store is None:
             return
         self.flush()
+        self._writer_broken = False  # a new log gets a new chance
         store, self.store = self.store, None
         try:
             store.close()
@@ -131,11 +156,13 @@ class OmahaObserve:
             log.error("%s", e)
 
     def flush(self) -> None:
-        """Commit the exchanges of the current batch and release their held answers.
+        """Commit every exchange recorded so far (the writer process stops after its last
+        commit; the next exchange starts a new one) and release the held answers.
 
         A failed commit is loud (see ``omaha_log_required``) but still releases the answers:
         traffic is never blocked by the log.
         """
+        self._stop_writer()
         batch, self._batch = self._batch, None
         try:
             if self.store is not None:
@@ -145,6 +172,52 @@ class OmahaObserve:
         finally:
             if batch is not None and not batch.done():
                 batch.set_result(None)
+
+    def _stop_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()  # waits for its last commit; releases the answers it held
+
+    def _submit(self, record: dict[str, Any]) -> Awaitable[None] | None:
+        """Log one exchange (``record``: the arguments of ``Store.record_exchange``). Returns
+        the awaitable that holds the answer until the exchange is committed, or None when it
+        already is (``hook`` mode, and direct calls without an event loop)."""
+        assert self.store is not None
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        writer = ctx.options.omaha_log_writer if loop is not None else "hook"
+        if writer == "process" and loop is not None:
+            process = self._process_writer(loop)
+            if process is not None:
+                return process.submit(record)
+            writer = "loop"
+        try:
+            self.store.record_exchange(**record, commit=writer == "hook")
+        except StoreError as e:
+            self._log_failed(e)
+            return None
+        return self._committed() if self.store.uncommitted else None
+
+    def _process_writer(self, loop: asyncio.AbstractEventLoop) -> LogWriterProcess | None:
+        """The running writer process (started if needed), or None when it cannot run."""
+        if self._writer is not None and not self._writer.alive:
+            self._writer.close()
+            self._writer, self._writer_broken = None, True
+            log.error("Omaha log writer process lost: writing the log on the event loop from now on")
+        if self._writer is None and not self._writer_broken and self.store is not None:
+            try:
+                self._writer = LogWriterProcess(
+                    self.store.path, redact=self.store.redact, loop=loop, on_error=self._writer_error
+                )
+            except OSError as e:
+                self._writer_broken = True
+                log.error("cannot start the Omaha log writer process (%s): writing on the event loop", e)
+        return self._writer
+
+    def _writer_error(self, message: str) -> None:
+        self._log_failed(StoreError(message))
 
     def _committed(self) -> Awaitable[None] | None:
         """An awaitable that completes once the pending exchanges are committed (next loop
@@ -215,8 +288,8 @@ class OmahaObserve:
         )
         start = flow.request.timestamp_start
         peer = flow.client_conn.peername
-        try:
-            self.store.record_exchange(
+        return self._submit(
+            dict(
                 flow_id=flow.id,
                 ts=start,
                 request_xml=common.request_body(flow),
@@ -229,17 +302,13 @@ class OmahaObserve:
                 reason=reason,
                 path=flow.request.path,
                 upstream_response_xml=common.upstream_response(flow),
-                request=request,
+                request=request,  # parsed already; the writer process parses the bytes again
                 response=response,
-                commit=not ctx.options.omaha_group_commit,
                 summary=flow.comment,
                 # A live flow is logged once; flows loaded from a file or upload may come again.
                 check_duplicate=not flow.live,
             )
-        except StoreError as e:
-            self._log_failed(e)
-            return None
-        return self._committed() if self.store.uncommitted else None
+        )
 
     def _log_failed(self, e: StoreError) -> None:
         if ctx.options.omaha_log_required:
