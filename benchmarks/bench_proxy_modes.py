@@ -42,6 +42,7 @@ from harness import (
     OFFER,
     LoadResult,
     check_bodies,
+    children_cpu_seconds,
     cpu_seconds,
     fast_upstream,
     load,
@@ -103,14 +104,15 @@ def _actions(db: Path) -> str:
 
 def run(
     requests: int = 1500, concurrency: int = 8, rounds: int = 15, cap: float = 90.0
-) -> tuple[dict[str, LoadResult], dict[str, float], dict[str, str]]:
+) -> tuple[dict[str, LoadResult], dict[str, float], dict[str, str], dict[str, float]]:
     """Measure every mode; returns per mode the merged load result, the proxy's CPU seconds
-    spent on it, and what its log recorded."""
+    spent on it, what its log recorded, and the CPU seconds of its log writer process."""
     per_round = max(1, requests // rounds)
     bodies = check_bodies(per_round * rounds)
     raws = [post_bytes("/v1/update/", b) for b in bodies]
     results: dict[str, list[LoadResult]] = {m: [] for m in MODES}
     cpu = dict.fromkeys(MODES, 0.0)
+    writer_cpu = dict.fromkeys(MODES, 0.0)
     with (
         tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp,
         fast_upstream(OFFER_NEW) as upstream,
@@ -125,11 +127,12 @@ def run(
             order = MODES if r % 2 == 0 else tuple(reversed(MODES))
             for mode in order:
                 pid = proxies[mode].proc.pid
-                before = cpu_seconds(pid)
+                before, writer_before = cpu_seconds(pid), children_cpu_seconds(pid)
                 results[mode].append(
                     load(proxies[mode].port, chunk, concurrency=concurrency, cap=cap / rounds)
                 )
                 cpu[mode] += cpu_seconds(pid) - before
+                writer_cpu[mode] += children_cpu_seconds(pid) - writer_before
         dbs = {
             "logging": "log.db",
             "logging + pin": "pin.db",
@@ -137,15 +140,19 @@ def run(
             "logging (noupdate)": "steady.db",
         }
         logged = {mode: _actions(Path(tmp) / dbs[mode]) if mode in dbs else "-" for mode in MODES}
-    return {m: merge(rs) for m, rs in results.items()}, cpu, logged
+    return {m: merge(rs) for m, rs in results.items()}, cpu, logged, writer_cpu
 
 
 def figures(
-    results: dict[str, LoadResult], cpu: dict[str, float], logged: dict[str, str]
+    results: dict[str, LoadResult],
+    cpu: dict[str, float],
+    logged: dict[str, str],
+    writer_cpu: dict[str, float] | None = None,
 ) -> list[dict[str, object]]:
     """One row per mode: requests, errors, req/s, p50, p99 (ms), the proxy's CPU ms per
-    request and the rate that allows on one core, both relative to bare, and what the log
-    recorded (including the warm-up).
+    request and the rate that allows on one core, both relative to bare, the CPU ms per request
+    of the log writer process (on another core: the proxy's event loop is the bottleneck), and
+    what the log recorded (including the warm-up).
 
     The CPU figures are the robust ones on a shared machine: background load changes the
     wall-clock rate of a round, not the CPU time the proxy spends per request."""
@@ -166,6 +173,7 @@ def figures(
                 "cpu_ms_per_req": round(cpu_ms, 3),
                 "one_core_req_per_s": round(1000 / cpu_ms, 1) if cpu_ms else None,
                 "cpu_vs_bare": round(base_cpu * 1000 / cpu_ms, 3) if cpu_ms else None,
+                "writer_cpu_ms": round((writer_cpu or {}).get(mode, 0.0) / r.ok * 1000, 3) if r.ok else None,
                 "logged": logged.get(mode, "-"),
             }
         )
@@ -196,7 +204,7 @@ def verdicts(rows: list[dict[str, object]]) -> list[str]:
 
 def table(rows: list[dict[str, object]]) -> str:
     columns = ("mode", "requests", "errors", "req_per_s", "p50_ms", "p99_ms", "vs_bare", "cpu_ms_per_req",
-               "one_core_req_per_s", "cpu_vs_bare", "logged")  # fmt: skip
+               "one_core_req_per_s", "cpu_vs_bare", "writer_cpu_ms", "logged")  # fmt: skip
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
     lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]

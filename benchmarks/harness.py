@@ -10,6 +10,7 @@ other POST with Nebraska's event ack; GETs get ``ok``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import random
@@ -225,6 +226,20 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process's live children so far (the proxy's log writer), in seconds."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return 0.0
+    total = 0.0
+    for child in children:
+        with contextlib.suppress(OSError):  # exited meanwhile
+            total += cpu_seconds(child)
+    return total
 
 
 def machine_info() -> dict[str, str]:

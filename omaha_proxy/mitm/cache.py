@@ -36,6 +36,7 @@ from omaha_proxy.codec import encode, parse_response
 from omaha_proxy.errors import CodecError, PayloadError
 from omaha_proxy.mitm.common import (
     action,
+    hooks_active,
     is_answered,
     keep_upstream_response,
     omaha_request,
@@ -102,6 +103,7 @@ class OmahaCache:
         self.config: CacheConfig | None = None
         self.cache: PayloadCache | None = None
         self.server: CacheServer | None = None
+        self._sync_hooks()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -124,6 +126,17 @@ class OmahaCache:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        finally:
+            self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """No cache: mitmproxy need not call the response hook at all. (``responseheaders``
+        stays: it streams any cache path passing through, whoever serves it.)"""
+        hooks_active(self, self.cache is not None, "response")
+
+    def _configure(self, updated: set[str]) -> None:
         if not updated & {*OPTIONS, "listen_host"}:
             return
         opts = ctx.options

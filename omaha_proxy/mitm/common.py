@@ -46,6 +46,7 @@ class _Body:
 
     raw: bytes | None
     body: bytes
+    omaha: bool | None = None  # is_omaha_request's answer, once asked
     parsed: bool = False
     doc: Request | Response | None = None
     error: str | None = None
@@ -106,7 +107,13 @@ def is_omaha_request(flow: http.HTTPFlow) -> bool:
     """
     if flow.request.method != "POST":
         return False
-    body = request_body(flow)
+    entry = _entry(_requests, flow, flow.request)
+    if entry.omaha is None:  # every addon asks, several times per flow: sniff once per body
+        entry.omaha = _sniff_request(entry.body)
+    return entry.omaha
+
+
+def _sniff_request(body: bytes) -> bool:
     if not body:
         return False
     kind = sniff(body)
@@ -205,6 +212,40 @@ def is_answered(flow: http.HTTPFlow) -> bool:
     hooks should also skip flows whose ``flow.response`` is already set.
     """
     return action(flow) in SYNTHETIC_ACTIONS or flow.is_replay == "response"
+
+
+class _Idle:
+    """Stands in for a flow hook while its feature is off (see :func:`hooks_active`)."""
+
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "<idle omaha hook>"
+
+
+IDLE: Final = _Idle()
+
+
+def hooks_active(addon: object, active: bool, *names: str) -> None:
+    """Switch an addon's flow hooks ``names`` on (its methods) or off (:data:`IDLE`).
+
+    mitmproxy looks up every hook of every addon for every event of every flow and skips a
+    falsy one (``AddonManager._iter_hooks``: ``if func:``), so a feature that is off (no
+    replay, no cache, no policy) costs nothing per flow, not even the call. Called directly,
+    an idle hook does nothing, as the real one would with its feature off; and a mitmproxy
+    that called it anyway would get the same.
+    """
+    for name in names:
+        if active:
+            vars(addon).pop(name, None)  # the class's method shows through again
+        else:
+            setattr(addon, name, IDLE)
 
 
 def answer(flow: http.HTTPFlow, response: Response, action: str, reason: str | None = None) -> None:

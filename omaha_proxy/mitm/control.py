@@ -24,6 +24,7 @@ from omaha_proxy.codec import encode, parse_response
 from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.mitm.common import (
     answer,
+    hooks_active,
     is_answered,
     keep_upstream_response,
     omaha_request,
@@ -77,6 +78,7 @@ class OmahaControl:
         self.offers: dict[tuple[str, str], UpdateCheckResponse] = {}  # (version, board) -> seen offer
         self._store: Store | None = None
         self._store_path: str | None = None
+        self._sync_hooks()
 
     # ------------------------------------------------------------------ options
 
@@ -110,6 +112,20 @@ class OmahaControl:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        finally:
+            self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """No block, pin or rollout: mitmproxy need not call the flow hooks at all."""
+        state = self.state
+        hooks_active(self, state.block is not None, "request")
+        hooks_active(
+            self, not (state.block is None and state.pin is None and state.rollout is None), "response"
+        )
+
+    def _configure(self, updated: set[str]) -> None:
         if not updated & {*OPTIONS, "omaha_db", "connection_strategy", "mode"}:
             return
         opts = ctx.options

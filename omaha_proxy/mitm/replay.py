@@ -55,6 +55,7 @@ class OmahaReplay:
         self.miss = MissPolicy.NOUPDATE
         self.recorder: RecordingBuilder | None = None
         self.record_path: Path | None = None
+        self._sync_hooks()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -80,6 +81,17 @@ class OmahaReplay:
         )  # fmt: skip
 
     def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        finally:
+            self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """No recording to play or to make: mitmproxy need not call the flow hooks at all."""
+        common.hooks_active(self, self.player is not None, "request")
+        common.hooks_active(self, self.recorder is not None, "response")
+
+    def _configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if updated & {"omaha_replay", "omaha_replay_match"}:
             try:
