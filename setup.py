@@ -42,7 +42,11 @@ def _extensions() -> list[Extension]:
         _skip(e)
         return []
     ext = Extension("omaha_proxy._cwalk", ["omaha_proxy/_cwalk.pyx"], include_dirs=lxml.get_include())
-    return cythonize([ext], build_dir="build/cython", quiet=True)
+    try:
+        return cythonize([ext], build_dir="build/cython", quiet=True)
+    except Exception as e:  # Cython's CompileError, or the .pyx missing from an sdist
+        _skip(e)
+        return []
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
