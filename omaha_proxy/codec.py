@@ -7,6 +7,10 @@ line and column libxml2 reports.
 
 The encoder lives in :mod:`omaha_proxy.encoder`; ``encode`` is re-exported here.
 
+The tree lxml parses is turned into the model by the compiled walker (``_cwalk.pyx``) when
+it was built at install, else by the Python walker below, which is the reference
+(``IMPLEMENTATION`` says which; ``OMAHA_PROXY_PURE=1`` forces the Python one).
+
 Nothing is lost: attributes the model does not name go to ``extra`` and unknown child
 elements to ``unknown`` (both in document order), so ``encode(parse(x))`` keeps every
 element, attribute and value of ``x``. Known attributes are written in the model's order
@@ -15,8 +19,10 @@ element, attribute and value of ``x``. Known attributes are written in the model
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from collections.abc import Callable
 from typing import Any, Literal
 
 from lxml import etree
@@ -282,13 +288,8 @@ def _check_root(root: Any, name: str) -> None:
         raise CodecError(f"expected an Omaha <{name}> document, got <{tag}>", line=root.sourceline)
 
 
-def parse_request(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Request:
-    """Decode an Omaha ``<request>`` document.
-
-    Returns the :class:`Request`; raises :class:`CodecError` (with line/column where known)
-    for an empty, oversized, malformed, DOCTYPE-carrying or non-request document.
-    """
-    root = _parse_xml(data, max_size)
+def _request(root: Any) -> Request:
+    """The Request of a parsed root element (the reference walker; see _load_compiled)."""
     _check_root(root, "request")
     kw = _attrs(root, Request)
     apps: list[AppRequest] = []
@@ -381,12 +382,8 @@ def _app_response(el: Any) -> AppResponse:
     return _make(AppResponse, kw)
 
 
-def parse_response(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Response:
-    """Decode an Omaha ``<response>`` document.
-
-    Returns the :class:`Response`; raises :class:`CodecError` like :func:`parse_request`.
-    """
-    root = _parse_xml(data, max_size)
+def _response(root: Any) -> Response:
+    """The Response of a parsed root element (the reference walker; see _load_compiled)."""
     _check_root(root, "response")
     kw = _attrs(root, Response)
     apps: list[AppResponse] = []
@@ -405,6 +402,60 @@ def parse_response(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Response
     return _make(Response, kw)
 
 
+# ------------------------------------------------------------------ the compiled walker
+
+
+type _Walkers = tuple[Callable[[Any], Request], Callable[[Any], Response]]
+
+
+def _load_compiled() -> _Walkers | None:
+    """The compiled walkers (``_cwalk.pyx``, built at install when a C compiler is there),
+    or None when they were not built.
+
+    The Python walker above is the reference: the compiled one mirrors it function by
+    function, returns equal objects and calls back into it for rare elements and errors.
+    """
+    try:
+        from omaha_proxy import _cwalk
+    except (ImportError, ValueError):  # not built; built against an lxml of another ABI
+        return None
+    _cwalk.bind(
+        specs=_SPECS,
+        attrs=_attrs,
+        unknown=_unknown,
+        children=_children,
+        data=_data,
+        event=_event,
+        check_root=_check_root,
+        attr_name=_attr_name,
+    )
+    return _cwalk.walk_request, _cwalk.walk_response
+
+
+_COMPILED = _load_compiled()
+_PURE = os.environ.get("OMAHA_PROXY_PURE", "") not in ("", "0")  # the Python walker, even if built
+IMPLEMENTATION: Literal["compiled", "python"] = "python" if _PURE or _COMPILED is None else "compiled"
+"""Which walker turns lxml's tree into the model: ``"compiled"`` or ``"python"``."""
+_walk_request, _walk_response = (_request, _response) if _PURE or _COMPILED is None else _COMPILED
+
+
+def parse_request(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Request:
+    """Decode an Omaha ``<request>`` document.
+
+    Returns the :class:`Request`; raises :class:`CodecError` (with line/column where known)
+    for an empty, oversized, malformed, DOCTYPE-carrying or non-request document.
+    """
+    return _walk_request(_parse_xml(data, max_size))
+
+
+def parse_response(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Response:
+    """Decode an Omaha ``<response>`` document.
+
+    Returns the :class:`Response`; raises :class:`CodecError` like :func:`parse_request`.
+    """
+    return _walk_response(_parse_xml(data, max_size))
+
+
 def parse(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Document:
     """Decode either document kind, chosen by its root element (see :func:`parse_request`)."""
     if sniff(data) == "response":
@@ -414,6 +465,7 @@ def parse(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Document:
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "IMPLEMENTATION",
     "XML_DECLARATION",
     "encode",
     "parse",
