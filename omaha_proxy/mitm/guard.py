@@ -113,6 +113,15 @@ class OmahaGuard:
         self.fallback: Fallback | None = None
         self._probes: dict[tuple[str, int], tuple[float, str | None]] = {}
         self._heads: dict[str, tuple[_Head | None, _Head | None]] = {}
+        self._sync_hooks()
+
+    def _sync_hooks(self) -> None:
+        """Without a fallback and with no huge body in flight, mitmproxy need not call the
+        request, response and error hooks at all (``requestheaders``/``responseheaders``
+        stay: they spot the huge bodies)."""
+        common.hooks_active(
+            self, self.fallback is not None or bool(self._heads), "request", "response", "error"
+        )
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -156,6 +165,7 @@ class OmahaGuard:
             # eager connects before any hook runs: a dead upstream drops the machine's connection.
             log.warning("omaha_fallback: setting connection_strategy=lazy so it can answer")
             opts.update(connection_strategy="lazy")
+        self._sync_hooks()
 
     # ------------------------------------------------------------------ huge bodies
 
@@ -164,12 +174,14 @@ class OmahaGuard:
             head = _Head(self.max_body)
             flow.request.stream = head
             self._heads[flow.id] = (head, None)
+            self._sync_hooks()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.stream is True and flow.request.method == "POST":
             head = _Head(self.max_body)
             flow.response.stream = head
             self._heads[flow.id] = (self._heads.get(flow.id, (None, None))[0], head)
+            self._sync_hooks()
 
     def _restore_request_head(self, flow: http.HTTPFlow) -> None:
         head = self._heads.get(flow.id, (None, None))[0]
@@ -218,6 +230,8 @@ class OmahaGuard:
 
     def response(self, flow: http.HTTPFlow) -> None:
         heads = self._heads.pop(flow.id, None)
+        if heads is not None and not self._heads:
+            self._sync_hooks()
         if heads is not None and heads[1] is not None and flow.response is not None:
             flow.response.content = bytes(heads[1].head)
             flow.metadata["omaha_streamed_response_bytes"] = heads[1].total
@@ -235,7 +249,8 @@ class OmahaGuard:
                 self._answer(flow, f"upstream answered garbage ({e})", keep=True)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self._heads.pop(flow.id, None)
+        if self._heads.pop(flow.id, None) is not None and not self._heads:
+            self._sync_hooks()
 
     def _answer(self, flow: http.HTTPFlow, problem: str, keep: bool = False) -> None:
         assert self.fallback is not None
