@@ -311,6 +311,83 @@ def _write_response(w: _Writer, resp: Response) -> None:
     w.close("response", bool(resp.daystart or resp.apps or resp.unknown))
 
 
+# ----------------------------------------------------------------------------- compact responses
+# The proxy's hot path (every rewrite, answer and replay) is a compact response: the same
+# output as the _Writer functions above (tests compare them), with direct appends instead of
+# a writer object's method calls. Elements the model does not name go through _Writer.
+
+
+def _compact_unknown(out: list[str], unknown: Any) -> None:
+    w = _Writer(None)
+    w.out = out
+    for el in unknown:
+        _write_unknown(w, el)
+
+
+def _compact_leaf(out: list[str], tag: str, obj: Any) -> None:
+    if obj.unknown:
+        w = _Writer(None)
+        w.out = out
+        _write_leaf(w, tag, obj)
+    else:
+        out.append(f"<{tag}{_model_attrs(obj)}></{tag}>")
+
+
+def _compact_items(out: list[str], tag: str, item: str, items: tuple[Any, ...]) -> None:
+    out.append(f"<{tag}>")
+    for obj in items:
+        _compact_leaf(out, item, obj)
+    out.append(f"</{tag}>")
+
+
+def _compact_updatecheck(out: list[str], uc: UpdateCheckResponse) -> None:
+    out.append(f"<updatecheck{_model_attrs(uc)}>")
+    if uc.urls is not None:
+        _compact_items(out, "urls", "url", uc.urls)
+    for m in uc.manifests:
+        out.append(f"<manifest{_model_attrs(m)}>")
+        if m.packages is not None:
+            _compact_items(out, "packages", "package", m.packages)
+        if m.actions is not None:
+            _compact_items(out, "actions", "action", m.actions)
+        if m.unknown:
+            _compact_unknown(out, m.unknown)
+        out.append("</manifest>")
+    if uc.unknown:
+        _compact_unknown(out, uc.unknown)
+    out.append("</updatecheck>")
+
+
+def _compact_response(resp: Response) -> str:
+    out = [f"<response{_model_attrs(resp)}>"]
+    if resp.daystart is not None:
+        _compact_leaf(out, "daystart", resp.daystart)
+    for app in resp.apps:
+        out.append(f"<app{_model_attrs(app)}>")
+        if app.ping is not None:
+            _compact_leaf(out, "ping", app.ping)
+        uc = app.updatecheck
+        if uc is not None:
+            if uc.urls is None and not uc.manifests and not uc.unknown:
+                out.append(f"<updatecheck{_model_attrs(uc)}></updatecheck>")
+            else:
+                _compact_updatecheck(out, uc)
+        for e in app.events:
+            _compact_leaf(out, "event", e)
+        if app.data or app.unknown:
+            w = _Writer(None)
+            w.out = out
+            for d in app.data:
+                _write_leaf(w, "data", d, d.text)
+            for el in app.unknown:
+                _write_unknown(w, el)
+        out.append("</app>")
+    if resp.unknown:
+        _compact_unknown(out, resp.unknown)
+    out.append("</response>")
+    return "".join(out)
+
+
 def encode(doc: Document, *, indent: bool | str = False) -> bytes:
     """Encode a :class:`Request` or :class:`Response` to UTF-8 bytes.
 
@@ -318,6 +395,8 @@ def encode(doc: Document, *, indent: bool | str = False) -> bytes:
     (Nebraska's shape); ``indent=True`` indents by two spaces (or by the given string).
     Returns the bytes; raises :class:`CodecError` for anything that is not a document.
     """
+    if not indent and type(doc) is Response:
+        return XML_DECLARATION + _compact_response(doc).encode("utf-8")
     w = _Writer("  " if indent is True else (indent or None))
     if isinstance(doc, Request):
         _write_request(w, doc)

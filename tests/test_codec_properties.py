@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omaha_proxy import CodecError, encode, parse, parse_request, parse_response
+from omaha_proxy.encoder import _compact_response, _write_response, _Writer
 from omaha_proxy.model import (
     Ack,
     Action,
@@ -30,6 +31,7 @@ from omaha_proxy.model import (
     Url,
     XmlElement,
 )
+from tests.conftest import DATA
 
 # XML 1.0 characters only (no control characters, no surrogates); attribute values may be anything else.
 _xml_char = st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")) | st.sampled_from("\t\n")
@@ -148,6 +150,29 @@ def test_any_request_survives_encode_then_parse(doc: Request, indent: bool) -> N
 @given(response, st.booleans())
 def test_any_response_survives_encode_then_parse(doc: Response, indent: bool) -> None:
     assert parse_response(encode(doc, indent=indent)) == doc
+
+
+def _general_writer(doc: Response) -> str:
+    w = _Writer(None)
+    _write_response(w, doc)
+    return "".join(w.out)
+
+
+@SETTINGS
+@given(response)
+def test_the_compact_response_fast_path_writes_what_the_general_writer_writes(doc: Response) -> None:
+    assert _compact_response(doc) == _general_writer(doc)
+
+
+def test_the_compact_response_fast_path_matches_on_every_sample() -> None:
+    responses = [p for p in DATA.glob("*.xml") if "MALFORMED" not in p.name]
+    checked = 0
+    for path in responses:
+        with contextlib.suppress(CodecError):
+            doc = parse_response(path.read_bytes())
+            assert _compact_response(doc) == _general_writer(doc), path.name
+            checked += 1
+    assert checked >= 20
 
 
 @settings(max_examples=300, deadline=None)
