@@ -19,6 +19,7 @@ element, attribute and value of ``x``. Known attributes are written in the model
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import threading
@@ -454,6 +455,24 @@ def parse_response(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Response
     Returns the :class:`Response`; raises :class:`CodecError` like :func:`parse_request`.
     """
     return _walk_response(_parse_xml(data, max_size))
+
+
+# A fleet is answered with a handful of distinct bodies: Nebraska's noupdate, and one offer
+# per version and group, byte-identical for every machine (the appid echo is the same
+# Flatcar appid). Decoded documents are immutable, so identical bodies can share one parse.
+_SHARED_MAX = 16 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_response_shared(data: bytes) -> Response:
+    return parse_response(data)
+
+
+def parse_response_shared(data: bytes) -> Response:
+    """:func:`parse_response`, sharing one decoded (immutable) object between identical
+    bodies of up to 16 KiB: the proxy and the log writer see the same few answers again and
+    again. Raises :class:`CodecError` like :func:`parse_response` (errors are not cached)."""
+    return _parse_response_shared(data) if len(data) <= _SHARED_MAX else parse_response(data)
 
 
 def parse(data: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Document:

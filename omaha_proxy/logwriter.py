@@ -7,12 +7,15 @@ half competes for the GIL with the loop, and the hand-offs cost more than they s
 (measured: the throughput ratio fell from 0.85 to 0.77). A process shares nothing: the
 loop only packs the raw exchange (bytes and a few fields, :mod:`marshal`) into a pipe.
 
-Durability is unchanged: the writer commits what it has read, the exchanges waiting
-together in one transaction (group commit), and reports each batch back; the proxy holds
-every answer until its exchange is committed. If the proxy dies, the writer reads the pipe
-to its end, commits and exits; if the writer dies, the proxy releases the answers it held
-and reports it (the observe addon then shuts the proxy down unless ``omaha_log_required`` is
-off).
+Durability: an exchange is in the pipe before its answer leaves the proxy. If the proxy
+dies, the writer reads the pipe to its end, commits and exits, so nothing a machine was
+answered is lost. The writer commits what it has read, the exchanges waiting together in
+one transaction (group commit), and reports each batch back. With ``hold`` the caller
+waits for that report before answering (the answer then never outruns its committed
+exchange, even if the writer dies); without it, the answer leaves at once, and only a
+crash of the writer itself can lose the exchanges it had not committed yet (it is reported
+with their number). If the writer falls behind by more than :data:`BACKLOG_LIMIT` bytes,
+answers are held until it catches up: the log is never dropped, the proxy slows down.
 
 Wire format, proxy -> writer: frames of a 4-byte little-endian length and a marshalled tuple
 of :data:`FIELDS`. Writer -> proxy: lines, ``C <n>`` (the next n exchanges, in the order
@@ -48,6 +51,8 @@ FIELDS = (
 )  # fmt: skip
 _LENGTH = struct.Struct("<I")
 _F_SETPIPE_SZ = 1031  # Linux fcntl: grow the pipe so that bursts do not block the loop
+#: Unsent bytes (beyond the pipe's own buffer) above which every answer waits for its commit.
+BACKLOG_LIMIT = 8 << 20
 
 
 def pack(record: Mapping[str, Any]) -> bytes:
@@ -103,7 +108,9 @@ class LogWriterProcess:
             pass  # the default 64 KiB pipe works too, it just fills sooner
         self._loop = loop
         self._on_error = on_error
-        self._held: collections.deque[asyncio.Future[None]] = collections.deque()
+        # One entry per exchange sent and not yet acknowledged, in order: its held answer,
+        # or None when nobody waits for it.
+        self._pending: collections.deque[asyncio.Future[None] | None] = collections.deque()
         self._backlog = bytearray()  # frames the pipe had no room for yet
         self._partial = b""  # an incomplete line from the writer
         self.alive = True
@@ -113,13 +120,16 @@ class LogWriterProcess:
     def pid(self) -> int:
         return self._proc.pid
 
-    def submit(self, record: Mapping[str, Any]) -> asyncio.Future[None]:
-        """Send one exchange; the future completes once the writer has committed it."""
-        held: asyncio.Future[None] = self._loop.create_future()
+    def submit(self, record: Mapping[str, Any], *, hold: bool = True) -> asyncio.Future[None] | None:
+        """Send one exchange. With ``hold`` (or while the writer is far behind) returns a
+        future that completes once the writer has committed it; otherwise None."""
+        hold = hold or len(self._backlog) > BACKLOG_LIMIT
+        held: asyncio.Future[None] | None = self._loop.create_future() if hold else None
         if not self.alive:
-            held.set_result(None)
+            if held is not None:
+                held.set_result(None)
             return held
-        self._held.append(held)
+        self._pending.append(held)
         frame = pack(record)
         if self._backlog:
             self._backlog += frame
@@ -170,8 +180,8 @@ class LogWriterProcess:
             kind, _, rest = line.partition(b" ")
             if kind == b"C":
                 for _ in range(int(rest)):
-                    if self._held:
-                        _release(self._held.popleft())
+                    if self._pending:
+                        _release(self._pending.popleft())
             elif kind == b"E":
                 self._on_error(rest.decode("utf-8", "replace"))
 
@@ -182,9 +192,9 @@ class LogWriterProcess:
         self._loop.remove_reader(self._out)
         if self._backlog:
             self._loop.remove_writer(self._in)
-        lost = len(self._held)
-        while self._held:  # traffic is never blocked by the log
-            _release(self._held.popleft())
+        lost = len(self._pending)
+        while self._pending:  # traffic is never blocked by the log
+            _release(self._pending.popleft())
         self._on_error(f"{reason}; {lost} exchange(s) not logged" if lost else reason)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -209,12 +219,12 @@ class LogWriterProcess:
             self._proc.kill()
         finally:
             self._stdout.close()
-            while self._held:
-                _release(self._held.popleft())
+            while self._pending:
+                _release(self._pending.popleft())
 
 
-def _release(held: asyncio.Future[None]) -> None:
-    if not held.done():
+def _release(held: asyncio.Future[None] | None) -> None:
+    if held is not None and not held.done():
         held.set_result(None)
 
 
@@ -276,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as e:
         report(b"E %s\n" % str(e).encode())
         return 1
+    # Each exchange's rows are inserted here, parents first, in one savepoint: the foreign
+    # key checks would only cost a look-up per row (they stay on for every other connection).
+    store.db.execute("PRAGMA foreign_keys = OFF")
     try:
         serve(store, sys.stdin.fileno(), report)
     finally:

@@ -135,7 +135,7 @@ def m001_initial(db: Database) -> None:
     db.table("packages").create(PACKAGES, pk="id", foreign_keys=[("offer_id", "offers", "id")])
     db.table("instances").create(INSTANCES, pk="machine_id", not_null={"state"})
     # Finds a flow logged twice; appends only (ts grows), so cheap to maintain, unlike an
-    # index on the random flow id alone.
+    # index on the random flow id alone. (Dropped by m002: the machine index finds it too.)
     db.table("exchanges").create_index(["ts", "flow_id"])
     db.table("exchanges").create_index(["machine_id", "ts"])
     db.table("apps").create_index(["exchange_id"])
@@ -147,3 +147,10 @@ def m001_initial(db: Database) -> None:
         "CREATE INDEX idx_offers_upstream_ok ON offers (id) WHERE status = 'ok' AND source = 'upstream'"
     )
     db.execute("CREATE INDEX idx_offers_grants ON offers (ts) WHERE delivered = 1 AND status = 'ok'")
+
+
+@migrations()
+def m002_drop_the_flow_id_index(db: Database) -> None:
+    """Finding a flow logged twice walks ``exchanges(machine_id, ts)`` instead: one index
+    less to update for every exchange (a page less to write at each commit)."""
+    db.execute("DROP INDEX IF EXISTS idx_exchanges_ts_flow_id")

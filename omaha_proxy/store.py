@@ -28,7 +28,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from omaha_proxy.classify import app_kind, request_kind
-from omaha_proxy.codec import parse_request, parse_response
+from omaha_proxy.codec import parse_request, parse_response, parse_response_shared
 from omaha_proxy.codes import InstanceState, decode_error_code
 from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.model import AppRequest, AppResponse, Request, Response, UpdateCheckResponse
@@ -37,7 +37,8 @@ from omaha_proxy.states import InstanceStatus, advance
 from omaha_proxy.summary import describe_exchange, event_result_name, event_type_name
 
 # A flow is logged again (same id, same start time) when mitmproxy re-runs hooks on loaded flows.
-_BY_FLOW_ID = "SELECT id FROM exchanges WHERE ts = ? AND flow_id = ?"
+# Walks exchanges(machine_id, ts): the flow's machine and start time, then its id.
+_BY_FLOW_ID = "SELECT id FROM exchanges WHERE machine_id IS ? AND ts = ? AND flow_id = ?"
 _REDACTED_ATTRS = re.compile(rb'\b(machineid|bootid|machinealias)="([^"]*)"')
 
 
@@ -203,7 +204,7 @@ class Store:
                 self.db.conn.execute("BEGIN")
             with self._exchange_savepoint():
                 if check_duplicate:
-                    existing = self.db.conn.execute(_BY_FLOW_ID, (ts, flow_id)).fetchone()
+                    existing = self.db.conn.execute(_BY_FLOW_ID, (machine_id, ts, flow_id)).fetchone()
                     if existing is not None:
                         return int(existing[0])
                 exchange_id = self._insert("exchanges", row)
@@ -251,7 +252,7 @@ class Store:
                 errors.append(f"request: {e}")
         if response is None and response_xml:
             try:
-                response = parse_response(response_xml)
+                response = parse_response_shared(response_xml)
             except CodecError as e:
                 errors.append(f"response: {e}")
         upstream = None

@@ -196,11 +196,15 @@ def test_kill_9_under_load_keeps_every_answered_exchange_in_a_clean_log(tmp_path
             deadline = time.monotonic() + 10
             while len(answered) < 150 and time.monotonic() < deadline:
                 time.sleep(0.05)
+            writers = children(proxy.proc.pid)
             os.kill(proxy.proc.pid, signal.SIGKILL)
             proxy.proc.wait(5)
             stop.set()
             for f in futures:
                 f.result()
+            assert writers, "the proxy had no log writer process"
+            for pid in writers:  # it outlives the proxy: it commits what it was sent, then exits
+                assert wait_gone(pid, 15), f"log writer {pid} still running"
     assert len(answered) >= 100
     with sqlite3.connect(db) as conn:  # the WAL is recovered on open
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -208,9 +212,28 @@ def test_kill_9_under_load_keeps_every_answered_exchange_in_a_clean_log(tmp_path
     lost = set(answered) - logged
     assert not lost, (
         f"{len(lost)} of {len(answered)} answered exchanges are not in the log after kill -9: "
-        "an exchange must be committed before its answer leaves the proxy (a group commit has "
-        "to hold the response until its transaction is committed)"
+        "an exchange must reach the log writer before its answer leaves the proxy, and the "
+        "writer must commit what it was sent when the proxy dies"
     )
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """True once ``pid`` has exited (gone, or a zombie nobody reaped yet)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def _read_only_dir(path: Path) -> Iterator[Path]:

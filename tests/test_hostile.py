@@ -135,15 +135,45 @@ def http(
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
-def logged_rows(db: Path, body: bytes) -> list[sqlite3.Row]:
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return conn.execute("SELECT * FROM exchanges WHERE CAST(request_xml AS BLOB) = ?", [body]).fetchall()
+# The proxy answers before its log writer process commits (omaha_log_hold is off), so reads
+# right after an answer wait, bounded, for the rows they expect.
+WAIT = 5.0
 
 
-def count_rows(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return int(conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+def logged_rows(db: Path, body: bytes, at_least: int = 1) -> list[sqlite3.Row]:
+    """The exchanges logged with this request body (waits until ``at_least`` are there)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with sqlite3.connect(db) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                "SELECT * FROM exchanges WHERE CAST(request_xml AS BLOB) = ?", [body]
+            ).fetchall()
+        if len(rows) >= at_least or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.02)
+
+
+def count_rows(db: Path, at_least: int = 0) -> int:
+    """Exchanges in the log (waits until there are ``at_least``)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with sqlite3.connect(db) as conn:
+            count = int(conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0])
+        if count >= at_least or time.monotonic() > deadline:
+            return count
+        time.sleep(0.02)
+
+
+def settled_count(db: Path) -> int:
+    """Exchanges in the log once the writer has caught up (the count held still for 0.1 s)."""
+    count, still_since, deadline = count_rows(db), time.monotonic(), time.monotonic() + WAIT
+    while time.monotonic() - still_since < 0.1 and time.monotonic() < deadline:
+        time.sleep(0.025)
+        now = count_rows(db)
+        if now != count:
+            count, still_since = now, time.monotonic()
+    return count
 
 
 def still_serves(setup: Setup) -> None:
@@ -164,13 +194,13 @@ def test_proxy_forwards_hostile_body_untouched_and_logs_it_raw_with_its_error(
     setup: Setup, name: str
 ) -> None:
     case = next(c for c in cases(setup.listener.port) if c.name == name)
-    before, rows_before = len(setup.upstream.received), count_rows(setup.db)
+    before, rows_before = len(setup.upstream.received), settled_count(setup.db)
     status, answer = http(setup.proxy.port, "POST", "/v1/update/", case.body)
 
     assert status == 200
     assert setup.upstream.received[before].body == case.body  # byte for byte
     assert answer == (NOUPDATE if case.error is None else MALFORMED_ANSWER)  # the upstream's, untouched
-    rows = logged_rows(setup.db, case.body)
+    rows = logged_rows(setup.db, case.body, at_least=int(case.omaha))
     assert treated_as_omaha(case.body) == case.omaha
     if case.omaha:
         assert len(rows) == 1
@@ -182,7 +212,7 @@ def test_proxy_forwards_hostile_body_untouched_and_logs_it_raw_with_its_error(
     still_serves(setup)
     assert setup.proxy.proc.poll() is None
     # Nothing else lost: the hostile exchange (if Omaha) and the normal check after it, no more, no less.
-    assert count_rows(setup.db) == rows_before + case.omaha + 1
+    assert count_rows(setup.db, at_least=rows_before + case.omaha + 1) == rows_before + case.omaha + 1
 
 
 @pytest.mark.e2e
@@ -191,6 +221,7 @@ def test_nothing_connects_for_external_entities_or_dtds(setup: Setup) -> None:
         http(setup.proxy.port, "POST", "/v1/update/", case.body)
     time.sleep(0.3)
     assert setup.listener.connections == 0
+    settled_count(setup.db)
     with sqlite3.connect(setup.db) as conn:
         bodies = [row[0] for row in conn.execute("SELECT response_xml FROM exchanges")]
     assert not any(b and b"root:" in (b if isinstance(b, bytes) else b.encode()) for b in bodies)
@@ -198,12 +229,10 @@ def test_nothing_connects_for_external_entities_or_dtds(setup: Setup) -> None:
 
 @pytest.mark.e2e
 def test_empty_body_passes_untouched_and_unlogged(setup: Setup) -> None:
-    with sqlite3.connect(setup.db) as conn:
-        before = conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0]
+    before = settled_count(setup.db)
     assert http(setup.proxy.port, "POST", "/v1/update/", b"")[0] == 200
     assert setup.upstream.received[-1].body == b""
-    with sqlite3.connect(setup.db) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM exchanges").fetchone()[0] == before
+    assert settled_count(setup.db) == before
 
 
 @pytest.mark.e2e
@@ -211,13 +240,14 @@ def test_wrong_method_and_non_omaha_traffic_pass_untouched(setup: Setup) -> None
     marker = REQUEST.replace(b'machinealias=""', b'machinealias="put-method"')
     # Forwarded: the 501 is the upstream's (it has no PUT handler), not the proxy's.
     assert http(setup.proxy.port, "PUT", "/v1/update/", marker)[0] == 501
-    assert logged_rows(setup.db, marker) == []
+    assert logged_rows(setup.db, marker, at_least=0) == []
     status, body = http(setup.proxy.port, "GET", "/healthz", headers={})
     assert (status, body) == (200, b"ok\n")
     json_body = b'{"request": "<request protocol=\\"3.0\\">"}'
     assert http(setup.proxy.port, "POST", "/api", json_body, {"Content-Type": "application/json"})[0] == 200
     assert setup.upstream.received[-1].body == json_body
-    assert logged_rows(setup.db, json_body) == []
+    settled_count(setup.db)
+    assert logged_rows(setup.db, marker, at_least=0) == logged_rows(setup.db, json_body, at_least=0) == []
 
 
 @pytest.mark.e2e
@@ -298,6 +328,7 @@ def test_100mb_body_is_streamed_not_buffered_and_its_head_logged(setup: Setup) -
     with open(f"/proc/{setup.proxy.proc.pid}/status") as f:
         peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
     assert peak_kib < 150 * 1024  # ~90 MiB idle: holding the 100 MB body would pass 185 MiB
+    settled_count(setup.db)
     with sqlite3.connect(setup.db) as conn:
         row = conn.execute(
             "SELECT length(CAST(request_xml AS BLOB)), error, reason FROM exchanges ORDER BY id DESC LIMIT 1"
@@ -316,11 +347,12 @@ def test_fuzzed_bodies_through_the_proxy_are_forwarded_untouched_and_logged_exac
     setup: Setup, body: bytes
 ) -> None:
     """Random bytes and mutated samples, POSTed through the real proxy."""
-    before, rows_before = len(setup.upstream.received), count_rows(setup.db)
+    before, rows_before = len(setup.upstream.received), settled_count(setup.db)
     status, _ = http(setup.proxy.port, "POST", "/v1/update/", body)
     assert status == 200
     assert setup.upstream.received[before].body == body
-    assert count_rows(setup.db) == rows_before + treated_as_omaha(body)
+    expected = rows_before + treated_as_omaha(body)
+    assert count_rows(setup.db, at_least=expected) == expected
     if treated_as_omaha(body):
         assert logged_rows(setup.db, body)  # byte for byte
     assert setup.proxy.proc.poll() is None

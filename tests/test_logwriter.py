@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from omaha_proxy import logwriter
 from omaha_proxy.logwriter import FIELDS, LogWriterProcess, pack, serve, unpack
 from omaha_proxy.store import Store
 from tests.conftest import sample
@@ -86,6 +87,22 @@ async def test_a_writer_process_commits_before_it_releases_even_when_the_pipe_is
     assert count(path) == 2000 and not errors
     writer.close()
     assert writer._proc.returncode == 0
+
+
+async def test_without_hold_answers_wait_only_when_the_writer_falls_far_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logwriter, "BACKLOG_LIMIT", 200_000)
+    path = tmp_path / "omaha.db"
+    Store(path).close()
+    writer = LogWriterProcess(path, redact=False, loop=asyncio.get_running_loop(), on_error=print)
+    answers = [writer.submit(record(n), hold=False) for n in range(2000)]  # ~4 MB at once
+    assert answers[0] is None  # the pipe had room: nobody waits
+    held = [a for a in answers if a is not None]
+    assert held and len(writer._backlog) > 200_000  # past the limit: backpressure
+    await asyncio.wait_for(asyncio.gather(*held), 60)
+    writer.close()
+    assert count(path) == 2000
 
 
 async def test_the_writer_outlives_the_proxy_and_commits_what_it_was_sent(tmp_path: Path) -> None:

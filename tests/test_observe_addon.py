@@ -212,7 +212,9 @@ async def test_a_failed_log_write_shuts_the_proxy_down_unless_opted_out(
 ) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:  # on the test's running loop: shutdown() is scheduled there
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer)
+        tctx.configure(
+            addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer, omaha_log_hold=True
+        )
         addon.store.db.conn.execute("DROP TABLE events")  # the writer process sees it too
         await answered(run(addon, omaha_flow(HASH_MISMATCH)))  # released all the same
         assert tctx.master.should_exit.is_set()
@@ -233,10 +235,12 @@ def committed(path: Path) -> int:
 
 
 @pytest.mark.parametrize("writer", HOLDING_WRITERS)
-async def test_each_answer_is_held_until_its_exchange_is_committed(tmp_path: Path, writer: str) -> None:
+async def test_with_omaha_log_hold_each_answer_waits_for_its_commit(tmp_path: Path, writer: str) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer)
+        tctx.configure(
+            addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_writer=writer, omaha_log_hold=True
+        )
         held = [run(addon, omaha_flow(CHECK)) for _ in range(3)]
         assert all(answer is not None and not answer.done() for answer in held)
         await asyncio.wait_for(asyncio.gather(*held), 10)  # type: ignore[arg-type]
@@ -253,7 +257,7 @@ async def test_the_writer_process_holds_the_answer_while_the_log_is_locked(tmp_p
     path = tmp_path / "omaha.db"
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(path))
+        tctx.configure(addon, omaha_db=str(path), omaha_log_hold=True)
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # the write lock (the writer waits: busy_timeout 5 s)
         answer = run(addon, omaha_flow(CHECK))
@@ -266,11 +270,33 @@ async def test_the_writer_process_holds_the_answer_while_the_log_is_locked(tmp_p
         addon.done()
 
 
+async def test_by_default_the_answer_leaves_at_once_and_its_exchange_follows(tmp_path: Path) -> None:
+    path = tmp_path / "omaha.db"
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(path))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # the log is locked: the answers must not wait for it
+        assert [run(addon, omaha_flow(CHECK)) for _ in range(3)] == [None, None, None]
+        other.execute("COMMIT")
+        other.close()
+        for _ in range(100):  # committed shortly after (the writer process waited for the lock)
+            await asyncio.sleep(0.05)
+            if committed(path) == 3:
+                break
+        assert committed(path) == 3
+        tctx.configure(addon, omaha_log_writer="loop")  # on the loop: committed on its next turn
+        assert run(addon, omaha_flow(CHECK)) is None
+        await asyncio.sleep(0)
+        assert committed(path) == 4
+        addon.done()
+
+
 async def test_a_lost_writer_process_releases_its_answers_and_is_loud(tmp_path: Path, caplog) -> None:
     path = tmp_path / "omaha.db"
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
-        tctx.configure(addon, omaha_db=str(path), omaha_log_required=False)
+        tctx.configure(addon, omaha_db=str(path), omaha_log_required=False, omaha_log_hold=True)
         await asyncio.wait_for(run(addon, omaha_flow(CHECK)), 10)
         assert addon._writer is not None
         other = sqlite3.connect(path, isolation_level=None)
@@ -292,8 +318,9 @@ async def test_a_failed_commit_on_the_loop_is_loud_but_releases_the_answers(tmp_
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
         tctx.configure(
-            addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_required=False, omaha_log_writer="loop"
-        )
+            addon, omaha_db=str(tmp_path / "omaha.db"), omaha_log_required=False, omaha_log_writer="loop",
+            omaha_log_hold=True,
+        )  # fmt: skip
         waiter = run(addon, omaha_flow(CHECK))
         addon.store.db.conn.close()  # the commit will fail
         await asyncio.wait_for(waiter, 1)

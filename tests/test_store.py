@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from omaha_proxy.errors import StoreError
-from omaha_proxy.store import Store
+from omaha_proxy.store import _BY_FLOW_ID, Store
 from tests.conftest import sample
 
 REQ = "flatcar-update_engine-0.4.10__request_{}.RECONSTRUCTED.xml"
@@ -39,8 +40,8 @@ def record(store: Store, n: int, request: bytes, response: bytes | None = ACK, *
     )
 
 
-def rows(store: Store, sql: str) -> list[tuple]:
-    return store.db.conn.execute(sql).fetchall()
+def rows(store: Store, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    return store.db.conn.execute(sql, params).fetchall()
 
 
 def test_opening_sets_wal_and_synchronous_normal_and_migrates_once(tmp_path: Path) -> None:
@@ -50,7 +51,8 @@ def test_opening_sets_wal_and_synchronous_normal_and_migrates_once(tmp_path: Pat
         assert rows(s, "PRAGMA journal_mode") == [("wal",)]
         assert rows(s, "PRAGMA synchronous") == [(1,)]  # NORMAL
         assert rows(s, "SELECT name FROM _sqlite_migrations WHERE migration_set = 'omaha_proxy'") == [
-            ("m001_initial",)
+            ("m001_initial",),
+            ("m002_drop_the_flow_id_index",),
         ]
         tables = {t for (t,) in rows(s, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"exchanges", "apps", "events", "offers", "packages", "instances", "meta"} <= tables
@@ -132,7 +134,10 @@ def test_transport_error_is_logged_without_response(store: Store) -> None:
 
 def test_logging_the_same_flow_twice_keeps_one_row(store: Store) -> None:
     assert record(store, 1, CHECK, OFFER) == record(store, 1, CHECK, OFFER)
-    assert store.count("exchanges") == 1 and store.count("offers") == 1
+    assert record(store, 2, b"<broken", None) == record(store, 2, b"<broken", None)  # no machine id
+    assert store.count("exchanges") == 2 and store.count("offers") == 1
+    plan = " ".join(str(r[3]) for r in rows(store, "EXPLAIN QUERY PLAN " + _BY_FLOW_ID, [None, 1.0, "f"]))
+    assert "idx_exchanges_machine_id_ts" in plan  # the duplicate look-up needs no index of its own
 
 
 def test_instance_follows_a_whole_update_through_nebraskas_states(store: Store) -> None:

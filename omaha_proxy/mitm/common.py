@@ -13,7 +13,6 @@ map keyed by the flow, so each addon in the chain can ask for it and the body is
 
 from __future__ import annotations
 
-import functools
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Final
 
 from mitmproxy import http
 
-from omaha_proxy.codec import encode, parse_request, parse_response, sniff
+from omaha_proxy.codec import encode, parse_request, parse_response_shared, sniff
 from omaha_proxy.errors import CodecError
 from omaha_proxy.model import Request, Response
 
@@ -141,31 +140,16 @@ def request_error(flow: http.HTTPFlow) -> str | None:
     return _parsed(_entry(_requests, flow, flow.request), parse_request).error
 
 
-# A fleet is answered with a handful of distinct bodies: Nebraska's noupdate, and one offer
-# per version and group, byte-identical for every machine (the appid echo is the same
-# Flatcar appid). Decoded responses are immutable, so identical bodies share one parse.
-_SHARED_PARSE_MAX = 16 * 1024
-
-
-@functools.lru_cache(maxsize=64)
-def _parse_shared(body: bytes) -> Response:
-    return parse_response(body)
-
-
-def _parse_answer(body: bytes) -> Response:
-    return _parse_shared(body) if len(body) <= _SHARED_PARSE_MAX else parse_response(body)
-
-
 def omaha_response(flow: http.HTTPFlow) -> Response | None:
     """The flow's current response body parsed as Omaha (cached per flow and body), or None
     (no response, empty body, or not parseable: :func:`response_error` says why). Never raises."""
-    doc = _parsed(_entry(_responses, flow, flow.response), _parse_answer).doc
+    doc = _parsed(_entry(_responses, flow, flow.response), parse_response_shared).doc
     return doc if isinstance(doc, Response) else None
 
 
 def response_error(flow: http.HTTPFlow) -> str | None:
     """Why the flow's response body did not parse as Omaha, or None (parsed, or empty)."""
-    return _parsed(_entry(_responses, flow, flow.response), _parse_answer).error
+    return _parsed(_entry(_responses, flow, flow.response), parse_response_shared).error
 
 
 def action(flow: http.HTTPFlow) -> str:

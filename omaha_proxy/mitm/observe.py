@@ -15,10 +15,11 @@ down (``omaha_log_required=false`` keeps it running without its log).
 
 Who writes (``omaha_log_writer``): by default a separate writer process
 (:mod:`omaha_proxy.logwriter`), so that the SQLite work stays off mitmproxy's event loop,
-the proxy's bottleneck. It commits the exchanges waiting together in one transaction. In
-every mode each answer is held until its exchange is committed: a crash never loses an
-exchange a machine was answered. ``loop`` writes on the event loop, the exchanges of one
-loop turn sharing a commit; ``hook`` writes and commits each exchange in its hook.
+the proxy's bottleneck; it commits the exchanges waiting together in one transaction. The
+answer leaves once its exchange is handed over (a crash of the proxy loses nothing: the
+writer commits what it was sent); ``omaha_log_hold`` makes each answer wait for its commit.
+``loop`` writes on the event loop, the exchanges of one loop turn sharing a commit; ``hook``
+writes and commits each exchange in its hook, before the answer leaves.
 """
 
 from __future__ import annotations
@@ -103,9 +104,15 @@ class OmahaObserve:
         loader.add_option(
             "omaha_log_writer", str, "process",
             "Who writes the log: 'process' (a writer process, off the event loop), 'loop' (on the "
-            "event loop, one commit per loop turn) or 'hook' (one commit per exchange). "
-            "Each answer is held until its exchange is committed.",
+            "event loop, one commit per loop turn) or 'hook' (in the hook, one commit per "
+            "exchange, before the answer leaves).",
             choices=LOG_WRITERS,
+        )  # fmt: skip
+        loader.add_option(
+            "omaha_log_hold", bool, False,
+            "Hold each answer until its exchange is committed to the log. Off: the answer leaves "
+            "once the exchange is handed to the writer (a crash of the proxy loses nothing; the "
+            "writer process commits what it was sent).",
         )  # fmt: skip
         loader.add_option(
             "omaha_paths", Sequence[str], [],
@@ -191,14 +198,17 @@ class OmahaObserve:
         if writer == "process" and loop is not None:
             process = self._process_writer(loop)
             if process is not None:
-                return process.submit(record)
+                return process.submit(record, hold=ctx.options.omaha_log_hold)
             writer = "loop"
         try:
             self.store.record_exchange(**record, commit=writer == "hook")
         except StoreError as e:
             self._log_failed(e)
             return None
-        return self._committed() if self.store.uncommitted else None
+        if not self.store.uncommitted:
+            return None
+        held = self._committed()  # the commit is scheduled either way
+        return held if ctx.options.omaha_log_hold else None
 
     def _process_writer(self, loop: asyncio.AbstractEventLoop) -> LogWriterProcess | None:
         """The running writer process (started if needed), or None when it cannot run."""
