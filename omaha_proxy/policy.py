@@ -147,13 +147,14 @@ def offers_from(known: Mapping[str, UpdateCheckResponse | Response]) -> OfferLoo
 def _pairs(request: Request, response: Response) -> list[tuple[AppRequest, int]]:
     """Each update-checking request app with the index of its response app (by appid echo)."""
     pairs = []
+    answered = [_norm_id(r.appid) if r.appid else None for r in response.apps]
     for i, app in enumerate(request.apps):
         if app.updatecheck is None:
             continue
-        match = next(
-            (j for j, r in enumerate(response.apps) if r.appid and _norm_id(r.appid) == _norm_id(app.appid)),
-            i if i < len(response.apps) else None,
-        )
+        appid = _norm_id(app.appid)
+        match = next((j for j, r in enumerate(answered) if r == appid and r is not None), None)
+        if match is None and i < len(answered):
+            match = i
         if match is not None:
             pairs.append((app, match))
     return pairs

@@ -6,7 +6,10 @@ else; we compare dotted numbers and report "cannot compare" as None instead.
 
 from __future__ import annotations
 
+import functools
 
+
+@functools.lru_cache(maxsize=1024)  # a fleet has a handful of versions; policies ask per flow
 def parse_version(text: str | None) -> tuple[int, ...] | None:
     """Return the numeric parts of ``4081.2.0`` as ``(4081, 2, 0)``, or None if not dotted numbers.
 

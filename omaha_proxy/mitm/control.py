@@ -75,6 +75,7 @@ class OmahaControl:
         self.clock = clock
         self.state = PolicyState(offers=self._offer_for)
         self.grants: list[Grant] = []
+        self._state_cache: tuple[PolicyState, list[Grant], int, PolicyState] | None = None
         self.offers: dict[tuple[str, str], UpdateCheckResponse] = {}  # (version, board) -> seen offer
         self._store: Store | None = None
         self._store_path: str | None = None
@@ -223,7 +224,17 @@ class OmahaControl:
             self.grants = [g for g in self.grants if g.at >= now - GRANT_MEMORY][-MAX_GRANTS:]
 
     def _state(self) -> PolicyState:
-        return replace(self.state, grants=self.grants)
+        # One copy per change of the policy or of the grants list, not per flow.
+        cached = self._state_cache
+        if (
+            cached is None
+            or cached[0] is not self.state
+            or cached[1] is not self.grants
+            or cached[2] != len(self.grants)
+        ):
+            state = replace(self.state, grants=tuple(self.grants))
+            self._state_cache = cached = (self.state, self.grants, len(self.grants), state)
+        return cached[3]
 
     # ------------------------------------------------------------------ hooks
 
@@ -271,7 +282,8 @@ class OmahaControl:
         flow.response.content = encode(decision.response)
         set_action(flow, decision.outcome, decision.reason)
         self._mark(flow, decision.outcome, decision.reason)
-        logger.info("omaha %s: %s", decision.outcome, decision.reason)
+        # Per flow, so debug: the reason is in the flow's comment and in the log's row.
+        logger.debug("omaha %s: %s", decision.outcome, decision.reason)
 
     @staticmethod
     def _mark(flow: http.HTTPFlow, outcome: str, reason: str) -> None:
