@@ -244,17 +244,19 @@ def serve(store: Any, source: int, report: Callable[[bytes], None]) -> None:
         if not records:
             continue
         errors: list[str] = []
+        written = 0
         for record in records:
             try:
                 store.record_exchange(**record, commit=False)
+                written += 1
             except StoreError as e:
-                errors.append(str(e))
+                errors.append(f"{e} (1 exchange not logged)")
             except Exception as e:  # never leave an answer held because of a bug
-                errors.append(f"exchange not logged: {e!r}")
+                errors.append(f"{e!r} (1 exchange not logged)")
         try:
             store.commit()
-        except StoreError as e:
-            errors.append(str(e))
+        except StoreError as e:  # the batch's transaction is gone: say how much went with it
+            errors.append(f"{e} ({written} exchange(s) not logged)")
         report(b"".join(b"E %s\n" % e.replace("\n", " ").encode() for e in errors) + b"C %d\n" % len(records))
     if buffer:
         report(b"E the proxy sent a truncated exchange (%d bytes)\nC 0\n" % len(buffer))

@@ -174,6 +174,19 @@ def _set_uc(response: Response, index: int, uc: UpdateCheckResponse) -> Response
     return replace(response, apps=tuple(apps))
 
 
+def grants_made(request: Request, response: Response | None, now: datetime) -> tuple[Grant, ...]:
+    """The update grants ``response`` makes to the machines of ``request`` (its ``ok`` offers)."""
+    return _grants(request, response, now)
+
+
+def per_machine(state: PolicyState) -> bool:
+    """True when a decision may depend on more than the apps' id, version, track and board
+    and the upstream's answer: a rollout (grants, time), or machine/alias selectors."""
+    if state.rollout is not None:
+        return True
+    return any(spec is not None and (spec.machines or spec.aliases) for spec in (state.block, state.pin))
+
+
 def _grants(request: Request, response: Response | None, now: datetime) -> tuple[Grant, ...]:
     if response is None:
         return ()

@@ -212,3 +212,51 @@ def test_readme_documents_every_control_option_and_command():
     commands = ("omaha.block", "omaha.unblock", "omaha.pin", "omaha.unpin", "omaha.rollout", "omaha.status")
     missing = [name for name in (*OPTIONS, *commands) if f"`{name}" not in section]
     assert not missing
+
+
+FLEET = [  # (machine's version, track, upstream answer): a fleet's mix, each asked many times
+    (version, track, answer)
+    for version in ("3975.2.0", "4081.2.0", "4152.2.0")
+    for track in ("stable", "beta")
+    for answer in (offer("4152.2.0"), offer("4081.2.0"), offer("3975.2.0"), NOUPDATE)
+]
+
+
+def _through(addon: OmahaControl, memo: bool) -> list[tuple[bytes, str, str | None, str]]:
+    """Every fleet question five times (distinct machines), noupdate answers first (before
+    any offer of the pin is seen), then in order: what each machine got."""
+    questions = [q for q in FLEET if q[2] is NOUPDATE] + FLEET
+    seen = []
+    for n in range(5 * len(questions)):
+        version, track, answer = questions[n % len(questions)]
+        flow = flow_for(encode(check(version, machine=f"{n:032x}", track=track)), answer)
+        addon._memo_ok = addon._memo_ok and memo
+        addon.response(flow)
+        seen.append((flow.response.content, action(flow), reason(flow), flow.marked))
+    return seen
+
+
+@pytest.mark.parametrize("pin", ["4081.2.0", "beta=4152.2.0,3975.2.0", "track:stable=4081.2.0"])
+def test_remembered_decisions_are_the_decisions(pin: str) -> None:
+    """A fleet asking the same questions gets from the memo exactly what deciding each
+    flow gives, including offers replayed once the pinned version has been seen."""
+    results = {}
+    for memo in (True, False):
+        addon = OmahaControl(clock=lambda: NOW)
+        with taddons.context(addon) as tctx:
+            tctx.configure(addon, omaha_pin=pin)
+            results[memo] = _through(addon, memo)
+            if memo:
+                # each question decided once per set of offers seen, not once per machine
+                assert 0 < len(addon._memo) < 2 * len(FLEET) < 5 * len(FLEET)
+    assert results[True] == results[False]
+
+
+def test_decisions_that_depend_on_the_machine_are_never_remembered(control) -> None:
+    addon, tctx = control
+    tctx.configure(addon, omaha_pin=f"machine:{'0' * 31}1=4081.2.0")
+    assert not addon._memo_ok
+    tctx.configure(addon, omaha_pin="4081.2.0", omaha_rollout="max=1/1h")
+    assert not addon._memo_ok
+    tctx.configure(addon, omaha_rollout="")
+    assert addon._memo_ok

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy import command, ctx, exceptions, http
 
-from omaha_proxy.codec import encode, parse_response
+from omaha_proxy.codec import encode, parse_response, parse_response_shared
 from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.mitm.common import (
     answer,
@@ -31,17 +31,19 @@ from omaha_proxy.mitm.common import (
     omaha_response,
     set_action,
 )
-from omaha_proxy.model import AppRequest, UpdateCheckResponse
+from omaha_proxy.model import AppRequest, Request, Response, UpdateCheckResponse
 from omaha_proxy.policy import (
     Grant,
     PolicyState,
     decide,
     describe_rollout,
+    grants_made,
     offer_in,
     parse_block_events,
     parse_block_spec,
     parse_pin_spec,
     parse_rollout_spec,
+    per_machine,
 )
 from omaha_proxy.store import Store
 
@@ -52,6 +54,8 @@ MARKS = {"blocked": ":no_entry:", "held": ":orange_circle:", "rewritten": ":larg
 BOARDS = ("amd64-usr", "arm64-usr")
 GRANT_MEMORY = timedelta(days=30)  # grants older than this no longer matter for re-serving
 MAX_GRANTS = 100_000
+MEMO_SECONDS = 5.0  # how long a remembered decision may be reused (offers found in the log)
+MEMO_SIZE = 4096  # distinct (apps, upstream answer) pairs remembered at most
 
 
 def _board_fits(offer: UpdateCheckResponse, board: str | None) -> bool:
@@ -76,6 +80,10 @@ class OmahaControl:
         self.state = PolicyState(offers=self._offer_for)
         self.grants: list[Grant] = []
         self._state_cache: tuple[PolicyState, list[Grant], int, PolicyState] | None = None
+        self._memo: dict[object, tuple[str, str, bytes | None, bool]] = {}
+        self._memo_ok = False  # set by _sync_hooks: no rollout, no machine or alias selectors
+        self._memo_since = 0.0
+        self._offers_seen = 0
         self.offers: dict[tuple[str, str], UpdateCheckResponse] = {}  # (version, board) -> seen offer
         self._store: Store | None = None
         self._store_path: str | None = None
@@ -121,6 +129,8 @@ class OmahaControl:
     def _sync_hooks(self) -> None:
         """No block, pin or rollout: mitmproxy need not call the flow hooks at all."""
         state = self.state
+        self._memo.clear()  # the policy may have changed
+        self._memo_ok = not per_machine(state)
         hooks_active(self, state.block is not None, "request")
         hooks_active(
             self, not (state.block is None and state.pin is None and state.rollout is None), "response"
@@ -216,7 +226,10 @@ class OmahaControl:
     def _remember(self, offers: list[tuple[AppRequest, UpdateCheckResponse]]) -> None:
         for app, uc in offers:
             if uc.manifest is not None and uc.manifest.version:
-                self.offers[(uc.manifest.version, app.board or "")] = uc
+                key = (uc.manifest.version, app.board or "")
+                if self.offers.get(key) is not uc:
+                    self.offers[key] = uc
+                    self._offers_seen += 1  # decisions remembered before may change
 
     def _add_grants(self, grants: tuple[Grant, ...], now: datetime) -> None:
         self.grants.extend(grants)
@@ -272,18 +285,52 @@ class OmahaControl:
             [(app, r.updatecheck) for app, r in pairs if r.updatecheck and _is_offer(r.updatecheck)]
         )
         now = self.clock()
-        decision = decide(request, upstream, self._state(), now)
-        self._add_grants(decision.grants, now)
-        if decision.response is None:
-            if decision.reason:
-                set_action(flow, "forwarded", decision.reason)
+        outcome, reason, rewritten = self._decide(request, upstream, flow, now)
+        if rewritten is None:
+            if reason:
+                set_action(flow, "forwarded", reason)
             return
         keep_upstream_response(flow)
-        flow.response.content = encode(decision.response)
-        set_action(flow, decision.outcome, decision.reason)
-        self._mark(flow, decision.outcome, decision.reason)
+        flow.response.content = rewritten
+        set_action(flow, outcome, reason)
+        self._mark(flow, outcome, reason)
         # Per flow, so debug: the reason is in the flow's comment and in the log's row.
-        logger.debug("omaha %s: %s", decision.outcome, decision.reason)
+        logger.debug("omaha %s: %s", outcome, reason)
+
+    def _decide(
+        self, request: Request, upstream: Response, flow: http.HTTPFlow, now: datetime
+    ) -> tuple[str, str, bytes | None]:
+        """The outcome, reason and rewritten body (None: keep the upstream's) for a flow.
+
+        A fleet asks the same few questions: thousands of machines on one version and track
+        get byte-identical upstream answers, and unless a decision may depend on the machine
+        itself (:func:`per_machine`: a rollout, machine or alias selectors) they get the same
+        decision. Those are remembered, keyed by everything the policies read: the apps' id,
+        version, track and board, the upstream's body, and the offers seen so far. The memo
+        is dropped when the policy changes and every few seconds (offers found in the log).
+        """
+        key = None
+        if self._memo_ok:
+            body = flow.response.raw_content if flow.response is not None else None
+            apps = tuple(
+                (a.appid, a.version, a.track, a.board, a.updatecheck is not None) for a in request.apps
+            )
+            key = (apps, body, self._offers_seen)
+            if now.timestamp() - self._memo_since > MEMO_SECONDS or len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+                self._memo_since = now.timestamp()
+            hit = self._memo.get(key)
+            if hit is not None:
+                outcome, reason, rewritten, offers = hit
+                if offers and rewritten is not None:  # a replaced offer grants this machine the update
+                    self._add_grants(grants_made(request, parse_response_shared(rewritten), now), now)
+                return outcome, reason, rewritten
+        decision = decide(request, upstream, self._state(), now)
+        self._add_grants(decision.grants, now)
+        rewritten = encode(decision.response) if decision.response is not None else None
+        if key is not None:
+            self._memo[key] = (decision.outcome, decision.reason, rewritten, bool(decision.grants))
+        return decision.outcome, decision.reason, rewritten
 
     @staticmethod
     def _mark(flow: http.HTTPFlow, outcome: str, reason: str) -> None:
