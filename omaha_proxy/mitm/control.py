@@ -293,9 +293,9 @@ class OmahaControl:
         keep_upstream_response(flow)
         flow.response.content = rewritten
         set_action(flow, outcome, reason)
+        # No log line per flow: the reason is in the flow's comment and in the log's row (and
+        # mitmdump sets the root logger to DEBUG, so even a debug record costs its handlers).
         self._mark(flow, outcome, reason)
-        # Per flow, so debug: the reason is in the flow's comment and in the log's row.
-        logger.debug("omaha %s: %s", outcome, reason)
 
     def _decide(
         self, request: Request, upstream: Response, flow: http.HTTPFlow, now: datetime
