@@ -177,6 +177,17 @@ cdef inline list _add(list items, object item):
     return items
 
 
+cdef inline dict _app_children(dict kw, list events, list data, list unknown):
+    """An ``<app>``'s repeated children into its fields (absent ones keep the defaults)."""
+    if events:
+        kw["events"] = tuple(events)
+    if data:
+        kw["data"] = tuple(data)
+    if unknown:
+        kw["unknown"] = tuple(unknown)
+    return kw
+
+
 cdef inline object _make(object cls, dict kw):
     # codec._make: object.__new__(cls), then kw becomes the instance's __dict__ (the frozen
     # dataclass's __setattr__ is bypassed, as there).
@@ -260,13 +271,7 @@ cdef object _app_request(_Document doc, tree.xmlNode* c_node):
         elif child.type == tree.XML_ELEMENT_NODE:
             unknown = _add(unknown, _ref_unknown(elementFactory(doc, child)))  # includes a repeated <ping>
         child = child.next
-    if events:
-        kw["events"] = tuple(events)
-    if data:
-        kw["data"] = tuple(data)
-    if unknown:
-        kw["unknown"] = tuple(unknown)
-    return _make(AppRequest, kw)
+    return _make(AppRequest, _app_children(kw, events, data, unknown))
 
 
 def walk_request(_Element root not None):
@@ -369,13 +374,7 @@ cdef object _app_response(_Document doc, tree.xmlNode* c_node):
         elif child.type == tree.XML_ELEMENT_NODE:
             unknown = _add(unknown, _ref_unknown(elementFactory(doc, child)))
         child = child.next
-    if events:
-        kw["events"] = tuple(events)
-    if data:
-        kw["data"] = tuple(data)
-    if unknown:
-        kw["unknown"] = tuple(unknown)
-    return _make(AppResponse, kw)
+    return _make(AppResponse, _app_children(kw, events, data, unknown))
 
 
 def walk_response(_Element root not None):
