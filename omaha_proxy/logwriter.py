@@ -9,16 +9,18 @@ loop only packs the raw exchange (bytes and a few fields, :mod:`marshal`) into a
 
 Durability: an exchange is in the pipe before its answer leaves the proxy. If the proxy
 dies, the writer reads the pipe to its end, commits and exits, so nothing a machine was
-answered is lost. The writer commits what it has read, the exchanges waiting together in
-one transaction (group commit), and reports each batch back. With ``hold`` the caller
-waits for that report before answering (the answer then never outruns its committed
-exchange, even if the writer dies); without it, the answer leaves at once, and only a
+answered is lost. The writer writes the exchanges as they come into one open transaction
+and commits it :data:`COMMIT_WINDOW` after its first one (the commit is most of its cost;
+one serves every exchange of the window), or at once when an answer waits for it, then
+reports the batch back. With ``hold`` the caller waits for that report before answering
+(the answer then never outruns its committed exchange, even if the writer dies); without
+it, the answer leaves at once, readers see the exchange within the window, and only a
 crash of the writer itself can lose the exchanges it had not committed yet (it is reported
 with their number). If the writer falls behind by more than :data:`BACKLOG_LIMIT` bytes,
 answers are held until it catches up: the log is never dropped, the proxy slows down.
 
 Wire format, proxy -> writer: frames of a 4-byte little-endian length and a marshalled tuple
-of :data:`FIELDS`. Writer -> proxy: lines, ``C <n>`` (the next n exchanges, in the order
+of :data:`FIELDS` and the ``held`` flag. Writer -> proxy: lines, ``C <n>`` (the next n exchanges, in the order
 sent, are done: committed, or reported by an ``E`` line first) and ``E <message>`` (a write
 or commit failed).
 
@@ -34,10 +36,12 @@ import contextlib
 import logging
 import marshal
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,14 +59,16 @@ _F_SETPIPE_SZ = 1031  # Linux fcntl: grow the pipe so that bursts do not block t
 BACKLOG_LIMIT = 8 << 20
 
 
-def pack(record: Mapping[str, Any]) -> bytes:
-    """One exchange as a frame (``record`` holds :data:`FIELDS`; missing ones are None)."""
-    body = marshal.dumps(tuple(record.get(name) for name in FIELDS))
+def pack(record: Mapping[str, Any], *, held: bool = False) -> bytes:
+    """One exchange as a frame (``record`` holds :data:`FIELDS`; missing ones are None);
+    ``held``: its answer waits for the commit, so the writer commits without delay."""
+    body = marshal.dumps((*(record.get(name) for name in FIELDS), held))
     return _LENGTH.pack(len(body)) + body
 
 
-def unpack(buffer: bytes | bytearray) -> tuple[list[dict[str, Any]], int]:
-    """The complete frames at the start of ``buffer`` and how many bytes they took."""
+def unpack(buffer: bytes | bytearray) -> tuple[list[tuple[dict[str, Any], bool]], int]:
+    """The complete frames at the start of ``buffer`` (each record and its ``held`` flag)
+    and how many bytes they took."""
     records = []
     offset, size = 0, len(buffer)
     while size - offset >= 4:
@@ -70,7 +76,8 @@ def unpack(buffer: bytes | bytearray) -> tuple[list[dict[str, Any]], int]:
         end = offset + 4 + length
         if end > size:
             break
-        records.append(dict(zip(FIELDS, marshal.loads(buffer[offset + 4 : end]), strict=True)))
+        *values, held = marshal.loads(buffer[offset + 4 : end])
+        records.append((dict(zip(FIELDS, values, strict=True)), held))
         offset = end
     return records, offset
 
@@ -130,7 +137,7 @@ class LogWriterProcess:
                 held.set_result(None)
             return held
         self._pending.append(held)
-        frame = pack(record)
+        frame = pack(record, held=held is not None)
         if self._backlog:
             self._backlog += frame
             return held
@@ -231,21 +238,56 @@ def _release(held: asyncio.Future[None] | None) -> None:
 # ----------------------------------------------------------------------------- the writer side
 
 
-def serve(store: Any, source: int, report: Callable[[bytes], None]) -> None:
-    """Write the exchanges read from file descriptor ``source`` until it ends, one
-    transaction for each read's worth of frames, and ``report`` each batch (see above)."""
+#: How long the writer keeps a transaction open for more exchanges when no answer waits for
+#: it: one commit (most of the writer's cost) then serves every exchange of the window.
+COMMIT_WINDOW = 0.025
+MAX_BATCH = 1000
+
+
+def serve(store: Any, source: int, report: Callable[[bytes], None], *, window: float = COMMIT_WINDOW) -> None:
+    """Write the exchanges read from file descriptor ``source`` until it ends, and ``report``
+    each committed batch (see above). A batch is committed at once when an answer waits for
+    it (a held exchange), else when ``window`` seconds have passed since its first exchange,
+    or when it reaches :data:`MAX_BATCH`."""
     from omaha_proxy.errors import StoreError
 
     buffer = bytearray()
-    while chunk := os.read(source, 1 << 20):
+    batch = written = 0
+    errors: list[str] = []
+    urgent = False
+    deadline = 0.0
+
+    def commit() -> None:
+        nonlocal batch, written, urgent
+        try:
+            store.commit()
+        except StoreError as e:  # the batch's transaction is gone: say how much went with it
+            errors.append(f"{e} ({written} exchange(s) not logged)")
+        report(b"".join(b"E %s\n" % e.replace("\n", " ").encode() for e in errors) + b"C %d\n" % batch)
+        errors.clear()
+        batch = written = 0
+        urgent = False
+
+    while True:
+        if batch and not urgent:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([source], [], [], wait)[0]:
+                commit()
+                continue
+        elif batch:
+            commit()
+            continue
+        chunk = os.read(source, 1 << 20)
+        if not chunk:
+            break
         buffer += chunk
         records, used = unpack(buffer)
         del buffer[:used]
-        if not records:
-            continue
-        errors: list[str] = []
-        written = 0
-        for record in records:
+        for record, held in records:
+            if not batch:
+                deadline = time.monotonic() + window
+            batch += 1
+            urgent = urgent or held or batch >= MAX_BATCH
             try:
                 store.record_exchange(**record, commit=False)
                 written += 1
@@ -253,11 +295,8 @@ def serve(store: Any, source: int, report: Callable[[bytes], None]) -> None:
                 errors.append(f"{e} (1 exchange not logged)")
             except Exception as e:  # never leave an answer held because of a bug
                 errors.append(f"{e!r} (1 exchange not logged)")
-        try:
-            store.commit()
-        except StoreError as e:  # the batch's transaction is gone: say how much went with it
-            errors.append(f"{e} ({written} exchange(s) not logged)")
-        report(b"".join(b"E %s\n" % e.replace("\n", " ").encode() for e in errors) + b"C %d\n" % len(records))
+    if batch:
+        commit()
     if buffer:
         report(b"E the proxy sent a truncated exchange (%d bytes)\nC 0\n" % len(buffer))
 

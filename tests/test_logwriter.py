@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -38,10 +40,14 @@ def test_frames_round_trip_and_a_partial_frame_waits_for_the_rest() -> None:
     one = record(1, error="request: broken", reason=None, upstream_response_xml=b"\xff\x00raw")
     data = pack(one) + pack(record(2))
     records, used = unpack(data[:-3])  # the second frame is cut short
-    assert used == len(pack(one)) and records == [{name: one.get(name) for name in FIELDS}]
-    records, used = unpack(data)
-    assert used == len(data) and [r["flow_id"] for r in records] == ["flow-1", "flow-2"]
-    assert "request" not in records[0]  # parsed objects never cross: the writer parses again
+    assert used == len(pack(one)) and records == [({name: one.get(name) for name in FIELDS}, False)]
+    records, used = unpack(data + pack(record(3), held=True))
+    assert [(r["flow_id"], held) for r, held in records] == [
+        ("flow-1", False),
+        ("flow-2", False),
+        ("flow-3", True),
+    ]
+    assert "request" not in records[0][0]  # parsed objects never cross: the writer parses again
     assert unpack(b"") == ([], 0)
 
 
@@ -73,6 +79,42 @@ def test_serve_reports_a_failed_exchange_and_still_acknowledges_it(tmp_path: Pat
     expected = b"E cannot write to the Omaha log %s: no such table: offers (1 exchange not logged)\nC 2\n"
     assert reports == [expected % str(path).encode()]
     assert count(path) == 1  # the exchange without an offer; the other rolled back alone
+
+
+def test_unheld_exchanges_share_a_commit_and_a_held_one_is_committed_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "omaha.db"
+    Store(path).close()
+    read, write = os.pipe()
+    reports: list[bytes] = []
+
+    def writer() -> None:  # sqlite3 connections stay in the thread that made them
+        with Store(path) as store:
+            serve(store, read, reports.append, window=0.5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+
+    def reported(n: int) -> bool:
+        deadline = time.monotonic() + 5
+        while len(reports) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return len(reports) == n
+
+    try:
+        os.write(write, pack(record(1)))
+        time.sleep(0.05)
+        os.write(write, pack(record(2)))
+        time.sleep(0.05)
+        assert reports == [] and count(path) == 0  # both wait in the open transaction
+        os.write(write, pack(record(3), held=True))  # an answer waits: commit now
+        assert reported(1) and reports == [b"C 3\n"] and count(path) == 3
+        os.write(write, pack(record(4)))
+        assert reported(2) and reports[-1] == b"C 1\n"  # alone, once its window is over
+    finally:
+        os.close(write)
+        thread.join(10)
+        os.close(read)
+    assert count(path) == 4
 
 
 async def test_a_writer_process_commits_before_it_releases_even_when_the_pipe_is_full(tmp_path: Path) -> None:
