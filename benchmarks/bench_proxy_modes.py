@@ -21,7 +21,7 @@ the rounds are interleaved (round-robin over the modes), so background load hits
 alike. Targets (issue 7): logging and rewriting cost <= 10 % of bare throughput; replay is at
 least as fast as bare forwarding.
 
-    python benchmarks/bench_proxy_modes.py [--requests 1500] [--concurrency 8] [--json]
+    python benchmarks/bench_proxy_modes.py [--requests 3000] [--rounds 30] [--concurrency 8] [--json]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _actions(db: Path) -> str:
 
 
 def run(
-    requests: int = 1500, concurrency: int = 8, rounds: int = 15, cap: float = 90.0
+    requests: int = 3000, concurrency: int = 8, rounds: int = 30, cap: float = 180.0
 ) -> tuple[dict[str, LoadResult], dict[str, float], dict[str, str], dict[str, float]]:
     """Measure every mode; returns per mode the merged load result, the proxy's CPU seconds
     spent on it, what its log recorded, and the CPU seconds of its log writer process."""
@@ -213,9 +213,9 @@ def table(rows: list[dict[str, object]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1500, help="requests per mode")
+    parser.add_argument("--requests", type=int, default=3000, help="requests per mode")
     parser.add_argument("--concurrency", type=int, default=8, help="connections in flight")
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved rounds per mode")
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds per mode")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     rows = figures(*run(args.requests, args.concurrency, args.rounds))
