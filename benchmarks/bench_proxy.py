@@ -110,8 +110,8 @@ def run(requests: int, rounds: int, concurrency: int, cap: float) -> dict[str, o
         addon = ("-s", str(ROOT / "addons" / "omaha.py"), "--set", f"omaha_db={tmp}/omaha.db")
         with mitmdump(upstream) as bare, mitmdump(upstream, *addon) as omaha:
             procs = {"bare": bare, "omaha": omaha}
-            for port, _ in procs.values():  # warm-up: imports, first connections, the DB file
-                load(port, raws[:50], concurrency=concurrency, cap=cap)
+            for port, _ in procs.values():  # warm-up: imports, first connections, the DB file,
+                load(port, raws, concurrency=concurrency, cap=cap)  # the log writer's start
             for n in range(rounds):
                 order: Sequence[str] = ("bare", "omaha") if n % 2 == 0 else ("omaha", "bare")
                 for mode in order:

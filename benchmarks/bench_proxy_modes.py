@@ -121,7 +121,7 @@ def run(
     ):
         proxies = _proxies(stack, upstream, steady, Path(tmp))
         for proxy in proxies.values():  # warm-up: imports, first connections, SQLite pages
-            load(proxy.port, raws[:50], concurrency=concurrency)
+            load(proxy.port, raws[:300], concurrency=concurrency)
         for r in range(rounds):
             chunk = raws[r * per_round : (r + 1) * per_round]
             order = MODES if r % 2 == 0 else tuple(reversed(MODES))
