@@ -65,7 +65,7 @@ MODES = {  # name -> (synchronous, exchanges per commit)
 
 def insert_rates(count: int, chunk: int = 200) -> dict[str, float]:
     """Exchanges/s through ``record_exchange`` per durability setting and commit grouping
-    (the observe addon's ``omaha_group_commit``), interleaved in chunks."""
+    (the log writer process commits a window's exchanges together), interleaved in chunks."""
     bodies = check_bodies(count)
     requests = [parse_request(b) for b in bodies]
     offer = parse_response(OFFER)

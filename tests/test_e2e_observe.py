@@ -91,7 +91,7 @@ def test_mitmdump_logs_every_flavour_and_derives_instance_states(tmp_path: Path)
 
         # Nebraska sees the machine's address, never the spoofed one.
         assert up.received[0].headers["X-Forwarded-For"] == "127.0.0.1"
-        with Store(db) as store:  # read while the proxy runs (WAL), after the group commit
+        with Store(db) as store:  # read while the proxy runs (WAL), once the writer committed
             assert wait_for_rows(store, 14)
             fleet = {m["machine_id"]: m for m in store.fleet()}
             history = store.history(MACHINE, 50)

@@ -258,8 +258,9 @@ class OmahaObserve:
             flow.request.headers["X-Forwarded-For"] = str(peer[0])
 
     def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
-        """Log the exchange. With group commit, returns an awaitable that mitmproxy awaits
-        before it sends the answer: the answer leaves once its exchange is committed."""
+        """Log the exchange. With ``omaha_log_hold`` (or a writer far behind), returns an
+        awaitable that mitmproxy awaits before it sends the answer: the answer then leaves
+        once its exchange is committed."""
         return self._record(flow) if self._is_omaha(flow) else None
 
     def error(self, flow: http.HTTPFlow) -> None:
