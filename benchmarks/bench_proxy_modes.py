@@ -181,8 +181,9 @@ def figures(
 
 
 def verdicts(rows: list[dict[str, object]]) -> list[str]:
-    """The targets, each with PASS/MISS, judged on throughput relative to bare, wall-clock
-    (measured) and per CPU (one core each)."""
+    """The targets, each with PASS/MISS, judged on measured throughput relative to bare (the
+    issue's figure); the per-CPU ratio (the proxy process only, not its log writer) is shown
+    beside it."""
     by = {row["mode"]: row for row in rows}
     out = []
     for mode, target in (
@@ -193,9 +194,7 @@ def verdicts(rows: list[dict[str, object]]) -> list[str]:
     ):
         row = by[mode]
         wall, per_cpu = float(row["vs_bare"] or 0), float(row["cpu_vs_bare"] or 0)  # type: ignore[arg-type]
-        verdict = (
-            "PASS" if min(wall, per_cpu) >= target else ("PASS (per CPU)" if per_cpu >= target else "MISS")
-        )
+        verdict = "PASS" if wall >= target else "MISS"
         out.append(
             f"{verdict}: {mode} at {wall:.0%} of bare measured, {per_cpu:.0%} per CPU (target >= {target:.0%})"
         )
