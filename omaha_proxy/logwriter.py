@@ -101,7 +101,10 @@ class LogWriterProcess:
         on_error: Callable[[str], None],
     ) -> None:
         cmd = [sys.executable, "-m", "omaha_proxy.logwriter", str(path), *(["--redact"] if redact else [])]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # The proxy's own import path: the writer imports omaha_proxy wherever the proxy did
+        # (an installed package, a checkout on PYTHONPATH, a script's directory).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin, self._stdout = self._proc.stdin, self._proc.stdout
         self._in, self._out = self._stdin.fileno(), self._stdout.fileno()
@@ -202,7 +205,10 @@ class LogWriterProcess:
         lost = len(self._pending)
         while self._pending:  # traffic is never blocked by the log
             _release(self._pending.popleft())
-        self._on_error(f"{reason}; {lost} exchange(s) not logged" if lost else reason)
+        if lost:
+            self._on_error(f"{reason}; {lost} exchange(s) not logged")
+        else:  # nothing was lost: the caller writes on without it (see OmahaObserve)
+            log.warning("%s; nothing was waiting to be logged", reason)
 
     def close(self, timeout: float = 30.0) -> None:
         """Send what is left, let the writer commit it and exit (blocks, up to ``timeout``)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -164,6 +165,9 @@ async def test_a_redacting_writer_uses_the_logs_salt(tmp_path: Path) -> None:
     path = tmp_path / "omaha.db"
     proxy_side = Store(path, redact=True)
     writer = LogWriterProcess(path, redact=True, loop=asyncio.get_running_loop(), on_error=print)
+    with open(f"/proc/{writer.pid}/environ", "rb") as f:  # it imports what the proxy imports
+        environ = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+    assert environ[b"PYTHONPATH"].decode().split(os.pathsep) == [p for p in sys.path if p]
     await asyncio.wait_for(writer.submit(record(7)), 30)
     writer.close()
     (row,) = proxy_side.fleet()

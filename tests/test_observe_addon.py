@@ -314,6 +314,26 @@ async def test_a_lost_writer_process_releases_its_answers_and_is_loud(tmp_path: 
         addon.done()
 
 
+async def test_a_writer_lost_with_nothing_pending_is_replaced_by_the_loop_without_a_shutdown(
+    tmp_path: Path, caplog
+) -> None:
+    path = tmp_path / "omaha.db"
+    addon = OmahaObserve()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, omaha_db=str(path), omaha_log_hold=True)
+        await asyncio.wait_for(run(addon, omaha_flow(CHECK)), 10)  # committed and acknowledged
+        assert addon._writer is not None
+        os.kill(addon._writer.pid, signal.SIGKILL)
+        for _ in range(100):  # the loop notices the writer's end of the pipe closing
+            await asyncio.sleep(0.02)
+            if not addon._writer.alive:
+                break
+        assert "nothing was waiting to be logged" in caplog.text
+        await answered(run(addon, omaha_flow(CHECK)))  # written on the event loop instead
+        assert not tctx.master.should_exit.is_set() and committed(path) == 2
+        addon.done()
+
+
 async def test_a_failed_commit_on_the_loop_is_loud_but_releases_the_answers(tmp_path: Path, caplog) -> None:
     addon = OmahaObserve()
     with taddons.context(addon) as tctx:
