@@ -28,7 +28,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from omaha_proxy.classify import app_kind, request_kind
-from omaha_proxy.codec import parse_request, parse_response, parse_response_shared
+from omaha_proxy.codec import parse_request, parse_response_shared
 from omaha_proxy.codes import InstanceState, decode_error_code
 from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.model import AppRequest, AppResponse, Request, Response, UpdateCheckResponse
@@ -258,7 +258,7 @@ class Store:
         upstream = None
         if upstream_xml and upstream_xml != response_xml:
             try:
-                upstream = parse_response(upstream_xml)
+                upstream = parse_response_shared(upstream_xml)  # a fleet's few upstream answers
             except CodecError as e:
                 errors.append(f"upstream response: {e}")
         return _Decoded(request, response, upstream, tuple(errors))

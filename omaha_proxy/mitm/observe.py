@@ -164,12 +164,16 @@ class OmahaObserve:
 
     def flush(self) -> None:
         """Commit every exchange recorded so far (the writer process stops after its last
-        commit; the next exchange starts a new one) and release the held answers.
+        commit; the next exchange starts a new one) and release the held answers."""
+        self._stop_writer()
+        self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        """Commit the exchanges written on the loop and release their held answers.
 
         A failed commit is loud (see ``omaha_log_required``) but still releases the answers:
         traffic is never blocked by the log.
         """
-        self._stop_writer()
         batch, self._batch = self._batch, None
         try:
             if self.store is not None:
@@ -205,9 +209,9 @@ class OmahaObserve:
         except StoreError as e:
             self._log_failed(e)
             return None
-        if not self.store.uncommitted:
+        if loop is None or not self.store.uncommitted:
             return None
-        held = self._committed()  # the commit is scheduled either way
+        held = self._committed(loop)  # the commit is scheduled either way
         return held if ctx.options.omaha_log_hold else None
 
     def _process_writer(self, loop: asyncio.AbstractEventLoop) -> LogWriterProcess | None:
@@ -229,17 +233,12 @@ class OmahaObserve:
     def _writer_error(self, message: str) -> None:
         self._log_failed(StoreError(message))
 
-    def _committed(self) -> Awaitable[None] | None:
-        """An awaitable that completes once the pending exchanges are committed (next loop
-        turn), or None when they were committed right away (no event loop: direct calls)."""
+    def _committed(self, loop: asyncio.AbstractEventLoop) -> Awaitable[None]:
+        """An awaitable that completes once the exchanges written on the loop are committed,
+        on its next turn (one commit for all the exchanges of a turn)."""
         if self._batch is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return None
             self._batch = loop.create_future()
-            loop.call_soon(self.flush)
+            loop.call_soon(self._commit_batch)
         return self._batch
 
     # ------------------------------------------------------------------ flows
