@@ -35,6 +35,7 @@ from omaha_proxy.cache_server import (
 from omaha_proxy.codec import encode, parse_response
 from omaha_proxy.errors import CodecError, PayloadError
 from omaha_proxy.mitm.common import (
+    FeatureAddon,
     action,
     hooks_active,
     is_answered,
@@ -95,7 +96,7 @@ def _constant(value: str) -> Callable[[str], str]:
     return lambda _old: value
 
 
-class OmahaCache:
+class OmahaCache(FeatureAddon):
     """Owns ``omaha_cache``, ``omaha_cache_size``, ``omaha_cache_listen`` and
     ``omaha_cache_url``; rewrites offers to the cache and runs its file server."""
 
@@ -124,12 +125,6 @@ class OmahaCache:
             "Base URL machines use to reach the cache's file server, when it differs from "
             "http://<address the machine reached the proxy at>:<file server port>.",
         )  # fmt: skip
-
-    def configure(self, updated: set[str]) -> None:
-        try:
-            self._configure(updated)
-        finally:
-            self._sync_hooks()
 
     def _sync_hooks(self) -> None:
         """No cache: mitmproxy need not call the response hook at all. (``responseheaders``

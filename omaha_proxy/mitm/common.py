@@ -232,6 +232,27 @@ def hooks_active(addon: object, active: bool, *names: str) -> None:
             setattr(addon, name, IDLE)
 
 
+class FeatureAddon:
+    """Base of an addon whose flow hooks idle while its feature is off (:func:`hooks_active`).
+
+    A subclass implements ``_configure`` (what ``configure`` would do) and ``_sync_hooks``
+    (switch its hooks to match its state); every option change re-syncs the hooks, a refused
+    one included.
+    """
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            self._configure(updated)
+        finally:
+            self._sync_hooks()
+
+    def _configure(self, updated: set[str]) -> None:
+        raise NotImplementedError
+
+    def _sync_hooks(self) -> None:
+        raise NotImplementedError
+
+
 def answer(flow: http.HTTPFlow, response: Response, action: str, reason: str | None = None) -> None:
     """Answer ``flow`` without the upstream: HTTP 200 ``text/xml`` with ``response`` encoded.
 

@@ -23,6 +23,7 @@ from mitmproxy import command, ctx, exceptions, http
 from omaha_proxy.codec import encode, parse_response, parse_response_shared
 from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.mitm.common import (
+    FeatureAddon,
     answer,
     hooks_active,
     is_answered,
@@ -71,7 +72,7 @@ def _is_offer(uc: UpdateCheckResponse | None) -> bool:
     return uc is not None and uc.status == "ok" and uc.manifest is not None and bool(uc.urls)
 
 
-class OmahaControl:
+class OmahaControl(FeatureAddon):
     """Owns ``omaha_block``, ``omaha_block_events``, ``omaha_pin``, ``omaha_allow_downgrade``
     and ``omaha_rollout``; answers blocked checks and rewrites upstream answers."""
 
@@ -119,12 +120,6 @@ class OmahaControl:
             "Stage offers: 'max=<n>/<period>; percent=<0-100>; salt=<s>; "
             "window=[days] HH:MM-HH:MM [timezone]' (any combination). Held machines get noupdate.",
         )  # fmt: skip
-
-    def configure(self, updated: set[str]) -> None:
-        try:
-            self._configure(updated)
-        finally:
-            self._sync_hooks()
 
     def _sync_hooks(self) -> None:
         """No block, pin or rollout: mitmproxy need not call the flow hooks at all."""

@@ -105,7 +105,7 @@ class _Head:
         return chunk
 
 
-class OmahaGuard:
+class OmahaGuard(common.FeatureAddon):
     """Owns ``omaha_max_body``, ``omaha_fallback`` and ``omaha_upstream_connect_timeout``."""
 
     def __init__(self) -> None:
@@ -139,7 +139,7 @@ class OmahaGuard:
             "Seconds the omaha_fallback probe waits for the upstream to accept a connection.",
         )  # fmt: skip
 
-    def configure(self, updated: set[str]) -> None:
+    def _configure(self, updated: set[str]) -> None:
         opts = ctx.options
         if "omaha_max_body" in updated:
             try:
@@ -165,7 +165,6 @@ class OmahaGuard:
             # eager connects before any hook runs: a dead upstream drops the machine's connection.
             log.warning("omaha_fallback: setting connection_strategy=lazy so it can answer")
             opts.update(connection_strategy="lazy")
-        self._sync_hooks()
 
     # ------------------------------------------------------------------ huge bodies
 

@@ -47,7 +47,7 @@ from omaha_proxy.server import parse_range
 log = logging.getLogger(__name__)
 
 
-class OmahaReplay:
+class OmahaReplay(common.FeatureAddon):
     """Owns the ``omaha_replay*`` and ``omaha_record*`` options."""
 
     def __init__(self) -> None:
@@ -79,12 +79,6 @@ class OmahaReplay:
             "omaha_record_keep_ids", bool, False,
             "Keep machine ids, boot ids, aliases and client addresses in recordings (default: scrubbed).",
         )  # fmt: skip
-
-    def configure(self, updated: set[str]) -> None:
-        try:
-            self._configure(updated)
-        finally:
-            self._sync_hooks()
 
     def _sync_hooks(self) -> None:
         """No recording to play or to make: mitmproxy need not call the flow hooks at all."""
