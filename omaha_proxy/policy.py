@@ -174,11 +174,6 @@ def _set_uc(response: Response, index: int, uc: UpdateCheckResponse) -> Response
     return replace(response, apps=tuple(apps))
 
 
-def grants_made(request: Request, response: Response | None, now: datetime) -> tuple[Grant, ...]:
-    """The update grants ``response`` makes to the machines of ``request`` (its ``ok`` offers)."""
-    return _grants(request, response, now)
-
-
 def per_machine(state: PolicyState) -> bool:
     """True when a decision may depend on more than the apps' id, version, track and board
     and the upstream's answer: a rollout (grants, time), or machine/alias selectors."""
@@ -187,7 +182,8 @@ def per_machine(state: PolicyState) -> bool:
     return any(spec is not None and (spec.machines or spec.aliases) for spec in (state.block, state.pin))
 
 
-def _grants(request: Request, response: Response | None, now: datetime) -> tuple[Grant, ...]:
+def grants_made(request: Request, response: Response | None, now: datetime) -> tuple[Grant, ...]:
+    """The update grants ``response`` makes to the machines of ``request`` (its ``ok`` offers)."""
     if response is None:
         return ()
     out = []
@@ -398,7 +394,7 @@ def decide(request: Request, upstream: Response | None, state: PolicyState, now:
         if step.response is not None:
             current = step.response
     reason = "; ".join(s.reason for s in steps if s.reason)
-    grants = _grants(request, current, now)
+    grants = grants_made(request, current, now)
     if current is upstream:
         return Decision(reason=reason, grants=grants)
     outcome = max((s.outcome for s in steps), key=_OUTCOME_RANK.__getitem__)
