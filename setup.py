@@ -1,4 +1,4 @@
-"""Build the optional compiled decoder, ``omaha_proxy/_cwalk.pyx`` (see its docstring).
+"""Build the optional compiled decoder, ``omaha_proxy/protocol/_cwalk.pyx`` (see its docstring).
 
 Everything else is in pyproject.toml. When the extension cannot be built (no C compiler,
 no Cython, lxml without its headers) the install still succeeds with a warning, and the
@@ -41,7 +41,9 @@ def _extensions() -> list[Extension]:
     except ImportError as e:
         _skip(e)
         return []
-    ext = Extension("omaha_proxy._cwalk", ["omaha_proxy/_cwalk.pyx"], include_dirs=lxml.get_include())
+    ext = Extension(
+        "omaha_proxy.protocol._cwalk", ["omaha_proxy/protocol/_cwalk.pyx"], include_dirs=lxml.get_include()
+    )
     try:
         return cythonize([ext], build_dir="build/cython", quiet=True)
     except Exception as e:  # Cython's CompileError, or the .pyx missing from an sdist

@@ -1,1 +1,1 @@
-../omaha_proxy/entry/omaha.py
+../omaha_proxy/mitm/omaha.py

@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from omaha_proxy.cache import CacheStats, read_stats  # noqa: E402
-from omaha_proxy.serve_package import PackageServer, load_packages  # noqa: E402
-from omaha_proxy.server import OmahaServer, mapping_resolver  # noqa: E402
-from omaha_proxy.simulator import simulate  # noqa: E402
+from omaha_proxy.client.simulator import simulate  # noqa: E402
+from omaha_proxy.payloads.cache import CacheStats, read_stats  # noqa: E402
+from omaha_proxy.servers.http import OmahaServer, mapping_resolver  # noqa: E402
+from omaha_proxy.servers.serve_package import PackageServer, load_packages  # noqa: E402
 
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 TARGET_MB = 300

@@ -1,6 +1,6 @@
 """10,000 distinct simulated machines check in through one proxy: the fleet figure.
 
-The update_engine simulator (:func:`omaha_proxy.simulator.simulate`) drives ``--machines``
+The update_engine simulator (:func:`omaha_proxy.client.simulator.simulate`) drives ``--machines``
 distinct machines (own machine id, boot id, alias) through one check-in cycle — a steady-state
 update check each, one new connection per request — against a real ``mitmdump -s
 addons/omaha.py`` in reverse mode (logging on) in front of a fast local upstream that answers
@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import NOUPDATE, children_cpu_seconds, cpu_seconds, fast_upstream, rss_kib
 
-from omaha_proxy.simulator import simulate
+from omaha_proxy.client.simulator import simulate
 from tests.support.mitmdump_run import run_mitmdump
 
 INTERVAL_S = 45 * 60  # update_engine's check interval

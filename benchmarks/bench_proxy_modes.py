@@ -50,7 +50,7 @@ from harness import (
     post_bytes,
 )
 
-from omaha_proxy.recording import RecordingBuilder, dump
+from omaha_proxy.replay.recording import RecordingBuilder, dump
 from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 
 NEW = "4152.2.0"

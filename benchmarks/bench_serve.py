@@ -26,13 +26,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from omaha_proxy.launch import ProxyProcess, ProxySettings, proxy_command  # noqa: E402
-from omaha_proxy.serve_package import serve_package  # noqa: E402
-from omaha_proxy.simulator import simulate  # noqa: E402
+from omaha_proxy.client.simulator import simulate  # noqa: E402
+from omaha_proxy.mitm.launch import ProxyProcess, ProxySettings, proxy_command  # noqa: E402
+from omaha_proxy.servers.serve_package import serve_package  # noqa: E402
 
 _SERVER = """
 import sys
-from omaha_proxy.serve_package import serve_package
+from omaha_proxy.servers.serve_package import serve_package
 srv = serve_package(sys.argv[1], "4152.2.0", listen_address="127.0.0.1:0")
 print(srv.port, flush=True)
 srv.serve_forever()

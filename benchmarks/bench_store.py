@@ -9,7 +9,7 @@
    substituted) and Nebraska-shaped answers, a realistic mix of kinds (60 % update checks,
    30 % events, 10 % pings; 2 % of checks get an offer; 1 % of events are errors), plus the
    ``instances`` table the logger maintains. Reports generation time and bytes per exchange.
-3. **Query times** on that log through the :class:`~omaha_proxy.store.Store` API the CLI and
+3. **Query times** on that log through the :class:`~omaha_proxy.store.store.Store` API the CLI and
    the control addon use (``omaha-proxy fleet`` = ``fleet_summary()`` + ``fleet()``,
    ``omaha-proxy log --machine`` = ``history()``, ...): cold first call, then the median of
    5. Target (issue 7): every query <= 100 ms.
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import DATA, EVENT_ACK, MACHINE, NOUPDATE, OFFER, check_bodies, machine_ids
 
-from omaha_proxy.codec import parse_request, parse_response
-from omaha_proxy.store import Store
+from omaha_proxy.protocol.decode import parse_request, parse_response
+from omaha_proxy.store.store import Store
 
 EVENT = (
     DATA / "flatcar-update_engine-0.4.10__request_06_event_download_started.RECONSTRUCTED.xml"

@@ -4,7 +4,8 @@ The library works without mitmproxy running: codec, builders, the update_engine 
 the SQLite store, policies, recordings, replay, the server and the simulator.
 """
 
-from omaha_proxy.build import (
+from omaha_proxy.client.verdict import Verdict, update_engine_verdict
+from omaha_proxy.protocol.build import (
     PackageInfo,
     ack_response,
     noupdate_response,
@@ -15,9 +16,7 @@ from omaha_proxy.build import (
     with_codebase,
     with_noupdate,
 )
-from omaha_proxy.classify import RequestKind, app_kind, describe_request, describe_response
-from omaha_proxy.codec import encode, parse, parse_request, parse_response, sniff
-from omaha_proxy.codes import (
+from omaha_proxy.protocol.codes import (
     AppStatus,
     ErrorCode,
     ErrorCodeInfo,
@@ -28,7 +27,9 @@ from omaha_proxy.codes import (
     UpdateStatus,
     decode_error_code,
 )
-from omaha_proxy.errors import (
+from omaha_proxy.protocol.decode import encode, parse, parse_request, parse_response, sniff
+from omaha_proxy.protocol.describe import RequestKind, app_kind, describe_request, describe_response
+from omaha_proxy.protocol.errors import (
     BundleError,
     CodecError,
     OmahaError,
@@ -37,7 +38,7 @@ from omaha_proxy.errors import (
     ReplayMiss,
     StoreError,
 )
-from omaha_proxy.model import (
+from omaha_proxy.protocol.model import (
     Ack,
     Action,
     AppRequest,
@@ -57,29 +58,28 @@ from omaha_proxy.model import (
     Url,
     XmlElement,
 )
-from omaha_proxy.verdict import Verdict, update_engine_verdict
-from omaha_proxy.versions import compare_versions, parse_version
+from omaha_proxy.protocol.versions import compare_versions, parse_version
 
 __version__ = "0.1.0"
 
 # The heavier layers (SQLite store, servers, simulator, replay, cache, bundles, policies) load
 # on first use, so that `import omaha_proxy` for the codec stays light.
 _LAZY: dict[str, tuple[str, str]] = {
-    "Store": ("omaha_proxy.store", "Store"),
-    "Machine": ("omaha_proxy.machine", "Machine"),
-    "simulate": ("omaha_proxy.simulator", "simulate"),
-    "OmahaServer": ("omaha_proxy.server", "OmahaServer"),
-    "serve_package": ("omaha_proxy.serve_package", "serve_package"),
-    "Recording": ("omaha_proxy.recording", "Recording"),
-    "load_recording": ("omaha_proxy.recording", "load"),
-    "Player": ("omaha_proxy.replay", "Player"),
-    "MissPolicy": ("omaha_proxy.replay", "MissPolicy"),
-    "PolicyState": ("omaha_proxy.policy", "PolicyState"),
-    "Decision": ("omaha_proxy.policy", "Decision"),
-    "decide": ("omaha_proxy.policy", "decide"),
-    "PayloadCache": ("omaha_proxy.cache", "PayloadCache"),
-    "export_bundle": ("omaha_proxy.bundle", "export_bundle"),
-    "load_bundle": ("omaha_proxy.bundle", "load_bundle"),
+    "Store": ("omaha_proxy.store.store", "Store"),
+    "Machine": ("omaha_proxy.client.machine", "Machine"),
+    "simulate": ("omaha_proxy.client.simulator", "simulate"),
+    "OmahaServer": ("omaha_proxy.servers.http", "OmahaServer"),
+    "serve_package": ("omaha_proxy.servers.serve_package", "serve_package"),
+    "Recording": ("omaha_proxy.replay.recording", "Recording"),
+    "load_recording": ("omaha_proxy.replay.recording", "load"),
+    "Player": ("omaha_proxy.replay.player", "Player"),
+    "MissPolicy": ("omaha_proxy.replay.player", "MissPolicy"),
+    "PolicyState": ("omaha_proxy.policy.decide", "PolicyState"),
+    "Decision": ("omaha_proxy.policy.decide", "Decision"),
+    "decide": ("omaha_proxy.policy.decide", "decide"),
+    "PayloadCache": ("omaha_proxy.payloads.cache", "PayloadCache"),
+    "export_bundle": ("omaha_proxy.payloads.bundle", "export_bundle"),
+    "load_bundle": ("omaha_proxy.payloads.bundle", "load_bundle"),
 }
 
 

@@ -6,7 +6,7 @@
 For each scenario: start a local upstream on 127.0.0.1 (``serve-package`` with generated
 payload files, or a scripted Nebraska stand-in), start ``mitmdump -s addons/omaha.py`` in
 reverse mode in front of it with ``--set omaha_record=recordings/<name>.json``, run
-:func:`omaha_proxy.simulator.simulate` against the proxy, stop everything, then name the
+:func:`omaha_proxy.client.simulator.simulate` against the proxy, stop everything, then name the
 payload files the upstream served in the recording (copied to ``recordings/payloads/``) so
 the update replays fully offline. Nothing in the recordings is typed by hand; only the
 payload names are added afterwards, by this script, through the library.
@@ -29,14 +29,14 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))  # tests.support: the mitmdump runner the e2e tests use
 
-from omaha_proxy import recording  # noqa: E402
-from omaha_proxy.classify import RequestKind, request_kind  # noqa: E402
-from omaha_proxy.machine import Machine  # noqa: E402
-from omaha_proxy.model import Request  # noqa: E402
-from omaha_proxy.recording import payload_ref, with_payloads  # noqa: E402
-from omaha_proxy.serve_package import serve_package  # noqa: E402
-from omaha_proxy.server import OmahaServer  # noqa: E402
-from omaha_proxy.simulator import SimulationReport, simulate  # noqa: E402
+from omaha_proxy.client.machine import Machine  # noqa: E402
+from omaha_proxy.client.simulator import SimulationReport, simulate  # noqa: E402
+from omaha_proxy.protocol.describe import RequestKind, request_kind  # noqa: E402
+from omaha_proxy.protocol.model import Request  # noqa: E402
+from omaha_proxy.replay import recording  # noqa: E402
+from omaha_proxy.replay.recording import payload_ref, with_payloads  # noqa: E402
+from omaha_proxy.servers.http import OmahaServer  # noqa: E402
+from omaha_proxy.servers.serve_package import serve_package  # noqa: E402
 from tests.support.mitmdump_run import run_mitmdump  # noqa: E402
 
 NEW = "4081.2.0"

@@ -20,7 +20,7 @@ from omaha_proxy import (
     with_codebase,
     with_noupdate,
 )
-from omaha_proxy.build import retarget_offer
+from omaha_proxy.protocol.build import retarget_offer
 from tests.conftest import sample
 
 CHECK = "flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml"

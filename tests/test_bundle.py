@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy import recording
-from omaha_proxy.build import noupdate_response
-from omaha_proxy.bundle import (
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.payloads.bundle import (
     MANIFEST,
     export_bundle,
     load_bundle,
     offer_from_log,
-    offer_from_recording,
 )
-from omaha_proxy.bundle_server import BundleServer, bundle_answer
-from omaha_proxy.codec import encode, parse_request, parse_response
-from omaha_proxy.errors import BundleError
-from omaha_proxy.simulator import simulate
-from omaha_proxy.store import Store
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.protocol.build import noupdate_response
+from omaha_proxy.protocol.decode import encode, parse_request, parse_response
+from omaha_proxy.protocol.errors import BundleError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.offers import offer_from_recording
+from omaha_proxy.servers.bundle import BundleServer, bundle_answer
+from omaha_proxy.store.store import Store
 from tests.conftest import sample
 from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401
 from tests.support.serving import SERVED_VERSION, package_server

@@ -10,10 +10,10 @@ from types import ModuleType
 
 import pytest
 
-from omaha_proxy import recording
-from omaha_proxy.replay import MissPolicy
-from omaha_proxy.replay_server import replay_server
-from omaha_proxy.simulator import simulate
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.player import MissPolicy
+from omaha_proxy.replay.server import replay_server
 from tests.conftest import REPO
 
 RECORDINGS = REPO / "recordings"

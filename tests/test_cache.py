@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.cache import PayloadCache, offer_key, package_key, parse_size, read_stats
-from omaha_proxy.cache_server import CacheServer, cache_codebase
-from omaha_proxy.errors import PayloadError
+from omaha_proxy.payloads.cache import PayloadCache, offer_key, package_key, parse_size, read_stats
+from omaha_proxy.protocol.errors import PayloadError
+from omaha_proxy.servers.cache_files import CacheServer, cache_codebase
 from tests.support.counting_upstream import CountingUpstream
 from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401
 from tests.support.payload_files import expected_for, write_payload
@@ -55,7 +55,7 @@ def test_parse_size_accepts_units_and_names_valid_forms_when_wrong():
 
 
 def test_a_hostile_hash_never_becomes_a_path(tmp_path):
-    from omaha_proxy.payloads import Expected
+    from omaha_proxy.payloads.verify import Expected
 
     key = package_key(Expected("x.gz", size=5, sha256_hex="../../../escape"), "1")
     assert key.startswith("id-") and "/" not in key
@@ -193,8 +193,8 @@ def test_the_cache_survives_a_restart_and_refuses_a_second_process(tmp_path, rel
 
 _KILLED_CHILD = """
 import sys
-from omaha_proxy.cache import PayloadCache
-from omaha_proxy.payloads import Expected
+from omaha_proxy.payloads.cache import PayloadCache
+from omaha_proxy.payloads.verify import Expected
 cache = PayloadCache(sys.argv[1], 1 << 30)
 offer = cache.register_offer("v", [sys.argv[2]], [Expected("big.gz", size=int(sys.argv[3]))])
 cache.open_package(offer, "big.gz")

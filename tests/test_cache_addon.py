@@ -10,11 +10,11 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from omaha_proxy.build import noupdate_response, offer_response, package_info_from_file
-from omaha_proxy.codec import encode, parse_request, parse_response
+from omaha_proxy.client.verdict import update_engine_verdict
 from omaha_proxy.mitm.cache import OmahaCache, parse_cache_options
 from omaha_proxy.mitm.common import META_UPSTREAM, action, set_action
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.protocol.build import noupdate_response, offer_response, package_info_from_file
+from omaha_proxy.protocol.decode import encode, parse_request, parse_response
 from tests.conftest import sample
 from tests.support.counting_upstream import CountingUpstream
 from tests.support.mitm_logging import no_stale_mitmproxy_handlers  # noqa: F401

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omaha_proxy.cli import main
-from omaha_proxy.store import Store
+from omaha_proxy.store.store import Store
 from tests.conftest import REPO, sample
 
 REQ = "flatcar-update_engine-0.4.10__request_{}.RECONSTRUCTED.xml"

@@ -10,7 +10,7 @@ import pytest
 from lxml import etree
 
 from omaha_proxy import CodecError, encode, parse, parse_request, parse_response, sniff
-from omaha_proxy.model import Action, AppRequest, Event, Request, Response, XmlElement
+from omaha_proxy.protocol.model import Action, AppRequest, Event, Request, Response, XmlElement
 from tests.conftest import DATA, sample
 
 DOCUMENTS = sorted(p.name for p in DATA.glob("*.xml") if ".MALFORMED" not in p.name)

@@ -1,4 +1,4 @@
-"""The compiled walker (``omaha_proxy/_cwalk.pyx``) decodes exactly as the Python one.
+"""The compiled walker (``omaha_proxy/protocol/_cwalk.pyx``) decodes exactly as the Python one.
 
 codec.py's Python walker is the reference. For every sample, every fuzz-corpus entry,
 hand-made corner cases, mutated samples and generated documents, both walkers get the same
@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from omaha_proxy import codec, encode
-from omaha_proxy.errors import CodecError
+from omaha_proxy import encode
+from omaha_proxy.protocol import decode as codec
+from omaha_proxy.protocol.errors import CodecError
 from tests.conftest import DATA
 from tests.support.hostile import hostile_bytes
 from tests.test_codec_properties import request, response

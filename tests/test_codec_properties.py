@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omaha_proxy import CodecError, encode, parse, parse_request, parse_response
-from omaha_proxy.encoder import _compact_response, _write_response, _Writer
-from omaha_proxy.model import (
+from omaha_proxy.protocol.encode import _compact_response, _write_response, _Writer
+from omaha_proxy.protocol.model import (
     Ack,
     Action,
     AppRequest,

@@ -8,12 +8,12 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from omaha_proxy.codec import encode, parse_response
+from omaha_proxy.client.verdict import update_engine_verdict
 from omaha_proxy.mitm.common import META_UPSTREAM, action, reason
 from omaha_proxy.mitm.control import OPTIONS, OmahaControl
-from omaha_proxy.model import Response
-from omaha_proxy.store import Store
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.protocol.decode import encode, parse_response
+from omaha_proxy.protocol.model import Response
+from omaha_proxy.store.store import Store
 from tests.conftest import REPO
 from tests.test_policy import NOUPDATE, check, offer
 

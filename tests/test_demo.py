@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.demo import demo_fleet
-from omaha_proxy.store import Store
+from omaha_proxy.cli.run_demo import demo_fleet
+from omaha_proxy.store.store import Store
 from tests.conftest import REPO
 
 OMAHA_PROXY = str(Path(sys.executable).parent / "omaha-proxy")

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from omaha_proxy.cli import build_parser
-from omaha_proxy.entry import omaha as entry
+from omaha_proxy.mitm import omaha as entry
 from tests.conftest import REPO
 
 README = (REPO / "README.md").read_text(encoding="utf-8")

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from benchmarks.bench_cache_memory import settled_stats
-from omaha_proxy.bundle import export_bundle, load_bundle, offer_from_log
-from omaha_proxy.bundle_server import BundleServer
-from omaha_proxy.codes import ErrorCode, ErrorFlag
-from omaha_proxy.serve_package import PackageServer, load_packages
-from omaha_proxy.simulator import simulate
-from omaha_proxy.store import Store
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.payloads.bundle import export_bundle, load_bundle, offer_from_log
+from omaha_proxy.protocol.codes import ErrorCode, ErrorFlag
+from omaha_proxy.servers.bundle import BundleServer
+from omaha_proxy.servers.serve_package import PackageServer, load_packages
+from omaha_proxy.store.store import Store
 from tests.support.counting_upstream import CountingUpstream
 from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 

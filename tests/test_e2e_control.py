@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.codec import encode
-from omaha_proxy.model import Request
-from omaha_proxy.server import OmahaServer
-from omaha_proxy.store import Store
-from omaha_proxy.verdict import Verdict, update_engine_verdict
+from omaha_proxy.client.verdict import Verdict, update_engine_verdict
+from omaha_proxy.protocol.decode import encode
+from omaha_proxy.protocol.model import Request
+from omaha_proxy.servers.http import OmahaServer
+from omaha_proxy.store.store import Store
 from tests.support.mitmdump_run import run_mitmdump
 from tests.support.mitmweb_run import free_port, run_mitmweb
 from tests.test_policy import NOUPDATE, check, offer

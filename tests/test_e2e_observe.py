@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.store import Store
+from omaha_proxy.store.store import Store
 from tests.conftest import sample
 from tests.support.mitmdump_run import run_mitmdump
 from tests.support.mitmweb_run import run_mitmweb

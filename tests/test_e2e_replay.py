@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy import recording
-from omaha_proxy.machine import Machine
-from omaha_proxy.recording import PayloadRef, RecordingBuilder
-from omaha_proxy.replay_server import replay_server
-from omaha_proxy.simulator import simulate
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.client.machine import Machine
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.recording import PayloadRef, RecordingBuilder
+from omaha_proxy.replay.server import replay_server
 from tests.conftest import REPO
 from tests.support.mitmdump_run import run_mitmdump
 from tests.support.replay_data import MACHINE, post, request, update_walk, walk_recording

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.httpclient import HttpClient, HttpResult
-from omaha_proxy.recording import RecordingBuilder, dump
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.client.http import HttpClient, HttpResult
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.replay.recording import RecordingBuilder, dump
 from tests.support.faulty_upstream import GARBAGE_BODY, FaultyUpstream
 from tests.support.hostile import REQUEST
 from tests.support.mitmdump_run import run_mitmdump

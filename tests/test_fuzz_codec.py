@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from mitmproxy.test import tflow
 
 from omaha_proxy import CodecError, encode, parse, parse_request, parse_response
-from omaha_proxy.codec import sniff
 from omaha_proxy.mitm import common
-from omaha_proxy.store import Store
+from omaha_proxy.protocol.decode import sniff
+from omaha_proxy.store.store import Store
 from tests.support.hostile import hostile_bytes
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,10 +10,10 @@ from mitmproxy import exceptions
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons, tflow
 
+from omaha_proxy.client.verdict import update_engine_verdict
 from omaha_proxy.mitm import common
 from omaha_proxy.mitm.guard import OmahaGuard, _Head, parse_fallback, parse_max_body
-from omaha_proxy.recording import RecordingBuilder, dump
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.replay.recording import RecordingBuilder, dump
 from tests.support.hostile import REQUEST
 from tests.support.upstream import OFFER
 

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from mitmproxy.test import tflow
 
-from omaha_proxy.codec import parse_request
-from omaha_proxy.errors import CodecError
 from omaha_proxy.mitm.common import is_omaha_request
+from omaha_proxy.protocol.decode import parse_request
+from omaha_proxy.protocol.errors import CodecError
 from tests.support.hostile import REQUEST, Case, cases, hostile_bytes
 from tests.support.mitmdump_run import Mitmdump, run_mitmdump
 from tests.support.upstream import MALFORMED_ANSWER, NOUPDATE, FakeUpstream

@@ -9,11 +9,10 @@ import pytest
 
 from omaha_proxy.cli import main
 from omaha_proxy.cli.proxy import where_to_point
-from omaha_proxy.entry import script_path
-from omaha_proxy.launch import ProxyProcess, ProxySettings, parse_listen, proxy_command
-from omaha_proxy.server import OmahaServer
-from omaha_proxy.simulator import simulate
-from omaha_proxy.store import Store
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.mitm.launch import ProxyProcess, ProxySettings, parse_listen, proxy_command, script_path
+from omaha_proxy.servers.http import OmahaServer
+from omaha_proxy.store.store import Store
 from tests.support.serving import SERVED_VERSION, package_server
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy import logwriter
-from omaha_proxy.logwriter import FIELDS, LogWriterProcess, pack, serve, unpack
-from omaha_proxy.store import Store
+from omaha_proxy.store import writer as logwriter
+from omaha_proxy.store.store import Store
+from omaha_proxy.store.writer import FIELDS, LogWriterProcess, pack, serve, unpack
 from tests.conftest import sample
 
 CHECK = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")

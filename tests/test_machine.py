@@ -6,8 +6,7 @@ import random
 
 import pytest
 
-from omaha_proxy.codec import parse_request
-from omaha_proxy.machine import (
+from omaha_proxy.client.machine import (
     FLATCAR_APPID,
     Machine,
     event_request,
@@ -15,6 +14,7 @@ from omaha_proxy.machine import (
     update_check_request,
     xml_encode,
 )
+from omaha_proxy.protocol.decode import parse_request
 from tests.conftest import sample
 
 # The values used in tests/data/flatcar-update_engine-0.4.10__request_*.RECONSTRUCTED.xml.

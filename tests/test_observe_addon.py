@@ -13,10 +13,10 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from omaha_proxy.codec import parse_response
 from omaha_proxy.mitm import common
 from omaha_proxy.mitm.observe import OmahaObserve, parse_db_path, parse_paths
-from omaha_proxy.store import Store
+from omaha_proxy.protocol.decode import parse_response
+from omaha_proxy.store.store import Store
 from tests.conftest import REPO, sample
 
 CHECK = sample("flatcar-update_engine-0.4.10__request_01_updatecheck_steady_state.RECONSTRUCTED.xml")

@@ -8,9 +8,7 @@ import io
 
 import pytest
 
-from omaha_proxy.errors import PayloadError
-from omaha_proxy.model import Action, Manifest, Package
-from omaha_proxy.payloads import (
+from omaha_proxy.payloads.verify import (
     Expected,
     PayloadMismatch,
     Verifier,
@@ -18,6 +16,8 @@ from omaha_proxy.payloads import (
     expected_packages,
     verify_file,
 )
+from omaha_proxy.protocol.errors import PayloadError
+from omaha_proxy.protocol.model import Action, Manifest, Package
 from tests.support.payload_files import expected_for
 
 DATA = b"CrAU" + bytes(range(256)) * 40

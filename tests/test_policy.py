@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omaha_proxy.codec import encode, parse_request, parse_response
-from omaha_proxy.model import Manifest, Request, Response, Url
-from omaha_proxy.policy import (
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.policy.decide import (
     Decision,
     DecisionAction,
     Grant,
@@ -30,8 +29,9 @@ from omaha_proxy.policy import (
     parse_pin_spec,
     parse_rollout_spec,
 )
-from omaha_proxy.verdict import update_engine_verdict
-from omaha_proxy.versions import compare_versions
+from omaha_proxy.protocol.decode import encode, parse_request, parse_response
+from omaha_proxy.protocol.model import Manifest, Request, Response, Url
+from omaha_proxy.protocol.versions import compare_versions
 from tests.conftest import sample
 
 NOW = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)  # a Wednesday

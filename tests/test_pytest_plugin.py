@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy import recording
-from omaha_proxy.replay_server import replay_server
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.server import replay_server
 from tests.conftest import REPO
 from tests.support.replay_data import update_walk, walk_recording
 

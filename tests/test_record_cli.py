@@ -11,14 +11,14 @@ import pytest
 from mitmproxy import io
 from mitmproxy.test import tflow
 
-from omaha_proxy import recording
 from omaha_proxy.cli import main
 from omaha_proxy.cli.replay import parse_listen
-from omaha_proxy.recording import PayloadRef, RecordingBuilder
-from omaha_proxy.recording_sources import parse_since
-from omaha_proxy.replay_server import recording_server, replay_server
-from omaha_proxy.store import Store
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.from_log import parse_since
+from omaha_proxy.replay.recording import PayloadRef, RecordingBuilder
+from omaha_proxy.replay.server import recording_server, replay_server
+from omaha_proxy.store.store import Store
 from tests.support.replay_data import (
     MACHINE,
     omaha_flow,

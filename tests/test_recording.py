@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from omaha_proxy import recording
-from omaha_proxy.errors import RecordingError
-from omaha_proxy.recording import PayloadRef, RecordingBuilder, Scrubber
+from omaha_proxy.protocol.errors import RecordingError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.recording import PayloadRef, RecordingBuilder, Scrubber
 from tests.support.replay_data import MACHINE, OLD, request, response, update_walk, walk_recording
 
 BOOT = "{3f1c5a4e-9b0d-4a7e-8c2f-1d6e0b9a7c55}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from omaha_proxy import codec
-from omaha_proxy.errors import ReplayMiss
-from omaha_proxy.recording import PayloadRef, RecordingBuilder
-from omaha_proxy.replay import (
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.protocol import decode as codec
+from omaha_proxy.protocol.errors import ReplayMiss
+from omaha_proxy.replay.player import (
     DEFAULT_MATCHERS,
     MATCHERS,
     Hit,
@@ -18,7 +18,7 @@ from omaha_proxy.replay import (
     parse_matchers,
     parse_miss_policy,
 )
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.replay.recording import PayloadRef, RecordingBuilder
 from tests.support.replay_data import MACHINE, NEW, OLD, request, update_walk, walk_recording
 
 OTHER = "0123456789abcdef0123456789abcdef"

@@ -11,10 +11,10 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.addons.serverplayback import ServerPlayback
 from mitmproxy.test import taddons, tflow, tutils
 
-from omaha_proxy import recording
+from omaha_proxy.client.verdict import update_engine_verdict
 from omaha_proxy.mitm.replay import OmahaReplay
-from omaha_proxy.recording import PayloadRef, RecordingBuilder
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.recording import PayloadRef, RecordingBuilder
 from tests.support.replay_data import MACHINE, omaha_flow, request, response, update_walk, walk_recording
 
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.codec import parse_response
-from omaha_proxy.machine import Machine, event_request, ping_request, update_check_request
-from omaha_proxy.serve_package import (
+from omaha_proxy.client.machine import Machine, event_request, ping_request, update_check_request
+from omaha_proxy.client.simulator import simulate
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.protocol.decode import parse_response
+from omaha_proxy.servers.serve_package import (
     PackageServer,
     load_packages,
     parse_extra_package,
     parse_listen_address,
     serve_package,
 )
-from omaha_proxy.simulator import simulate
-from omaha_proxy.verdict import update_engine_verdict
 from tests.support.serving import SERVED_VERSION, package_server
 
 
@@ -64,7 +64,7 @@ def test_equal_or_newer_client_gets_noupdate(server, version) -> None:
 
 @pytest.mark.parametrize("version", ["", "v4081.2.0", "4152.2.0-beta", "ForcedUpdate", "4081.2.0 "])
 def test_uncomparable_version_gets_noupdate_and_a_warning(server, version, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="omaha_proxy.serve_package"):
+    with caplog.at_level(logging.WARNING, logger="omaha_proxy.servers.serve_package"):
         status, body = check(server, version)
     assert status == 200 and update_engine_verdict(body).kind == "noupdate"
     assert "cannot compare client version" in caplog.text

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.server import (
+from omaha_proxy.servers.http import (
     AccessRecord,
     OmahaServer,
     current_http,
@@ -220,7 +220,7 @@ def test_server_binds_loopback_on_a_free_port() -> None:
 
 _SERVE_SCRIPT = """
 import sys
-from omaha_proxy.server import OmahaServer, directory_resolver
+from omaha_proxy.servers.http import OmahaServer, directory_resolver
 srv = OmahaServer(files={"/packages/": directory_resolver(sys.argv[1])})
 print(srv.port, flush=True)
 srv.serve_forever()
@@ -279,7 +279,7 @@ def test_a_failing_resolver_gets_500_not_a_dropped_connection(tmp_path, caplog) 
 
 
 def test_a_client_leaving_mid_download_is_not_an_error(tmp_path, caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="omaha_proxy.server")
+    caplog.set_level(logging.DEBUG, logger="omaha_proxy.servers.http")
     with open(tmp_path / "big", "wb") as f:
         f.truncate(64 << 20)
     with OmahaServer(files={"/d/": directory_resolver(tmp_path)}) as srv:

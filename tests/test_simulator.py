@@ -12,13 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.build import noupdate_response, offer_response, package_info_from_file
-from omaha_proxy.codec import encode, parse_request
-from omaha_proxy.httpclient import HttpClient
-from omaha_proxy.machine import PRODUCTION_SERVER, Machine, event_request, ping_request, update_check_request
-from omaha_proxy.model import Request
-from omaha_proxy.server import OmahaServer, mapping_resolver
-from omaha_proxy.simulator import SimulatedMachine, simulate
+from omaha_proxy.client.http import HttpClient
+from omaha_proxy.client.machine import (
+    PRODUCTION_SERVER,
+    Machine,
+    event_request,
+    ping_request,
+    update_check_request,
+)
+from omaha_proxy.client.simulator import SimulatedMachine, simulate
+from omaha_proxy.protocol.build import noupdate_response, offer_response, package_info_from_file
+from omaha_proxy.protocol.decode import encode, parse_request
+from omaha_proxy.protocol.model import Request
+from omaha_proxy.servers.http import OmahaServer, mapping_resolver
 from tests.support.serving import SERVED_VERSION, package_server
 from tests.test_machine import SAMPLE_MACHINE, reconstructed
 

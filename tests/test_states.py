@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from omaha_proxy.codec import parse_request, parse_response
-from omaha_proxy.codes import InstanceState
-from omaha_proxy.model import AppRequest, AppResponse, Event, UpdateCheckResponse
-from omaha_proxy.states import InstanceStatus, advance, apply_event, apply_updatecheck, is_flatcar
+from omaha_proxy.protocol.codes import InstanceState
+from omaha_proxy.protocol.decode import parse_request, parse_response
+from omaha_proxy.protocol.model import AppRequest, AppResponse, Event, UpdateCheckResponse
+from omaha_proxy.store.states import InstanceStatus, advance, apply_event, apply_updatecheck, is_flatcar
 from tests.conftest import sample
 
 S = InstanceState

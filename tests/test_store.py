@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from omaha_proxy.errors import StoreError
-from omaha_proxy.store import _BY_FLOW_ID, Store
+from omaha_proxy.protocol.errors import StoreError
+from omaha_proxy.store.store import _BY_FLOW_ID, Store
 from tests.conftest import sample
 
 REQ = "flatcar-update_engine-0.4.10__request_{}.RECONSTRUCTED.xml"

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from omaha_proxy import codec
-    from omaha_proxy.errors import CodecError
+    from omaha_proxy.protocol import decode as codec
+    from omaha_proxy.protocol.errors import CodecError
 
 
 def one_input(data: bytes) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from omaha_proxy.entry import script_path
+from omaha_proxy.mitm.launch import script_path
 
 
 def register(subparsers: Any) -> None:

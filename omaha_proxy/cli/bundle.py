@@ -19,18 +19,18 @@ import logging
 import sys
 from typing import Any
 
-from omaha_proxy.bundle import (
+from omaha_proxy.cli.cache import human
+from omaha_proxy.payloads.bundle import (
     Bundle,
     export_bundle,
     load_bundle,
     offer_from_log,
-    offer_from_recording,
     remove_extracted,
 )
-from omaha_proxy.bundle_server import BundleServer
-from omaha_proxy.cache_server import parse_listen
-from omaha_proxy.cli.cache import human
-from omaha_proxy.errors import BundleError, StoreError
+from omaha_proxy.protocol.errors import BundleError, StoreError
+from omaha_proxy.replay.offers import offer_from_recording
+from omaha_proxy.servers.bundle import BundleServer
+from omaha_proxy.servers.cache_files import parse_listen
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
 

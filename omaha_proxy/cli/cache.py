@@ -14,9 +14,9 @@ import json
 import sys
 from typing import Any
 
-from omaha_proxy.cache import CacheStats, read_stats
 from omaha_proxy.cli._table import format_table
-from omaha_proxy.errors import PayloadError
+from omaha_proxy.payloads.cache import CacheStats, read_stats
+from omaha_proxy.protocol.errors import PayloadError
 
 COLUMNS = (
     ("name", "PACKAGE"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
-from omaha_proxy.codec import parse
-from omaha_proxy.errors import CodecError
-from omaha_proxy.jsonview import to_json
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.protocol.decode import parse
+from omaha_proxy.protocol.errors import CodecError
+from omaha_proxy.protocol.jsonable import to_json
+from omaha_proxy.protocol.model import Response
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -37,5 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except CodecError as e:
         print(f"omaha-proxy decode: {args.file}: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(to_json(doc), indent=None if args.compact else 2, ensure_ascii=False))
+    out = to_json(doc)
+    if isinstance(doc, Response):
+        verdict = dataclasses.asdict(update_engine_verdict(doc))
+        out["update_engine_verdict"] = {k: v for k, v in verdict.items() if v not in (None, (), False)}
+    print(json.dumps(out, indent=None if args.compact else 2, ensure_ascii=False))
     return 0

@@ -12,8 +12,8 @@ import sys
 from typing import Any
 
 from omaha_proxy.cli._table import format_table
-from omaha_proxy.demo import DemoResult, run_demo
-from omaha_proxy.simulator import format_report
+from omaha_proxy.cli.run_demo import DemoResult, run_demo
+from omaha_proxy.client.simulator import format_report
 
 
 def register(subparsers: Any) -> None:

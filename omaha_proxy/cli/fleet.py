@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from omaha_proxy.cli._table import format_table
-from omaha_proxy.errors import StoreError
-from omaha_proxy.store import Store
+from omaha_proxy.protocol.errors import StoreError
+from omaha_proxy.store.store import Store
 
 SUMMARY_COLUMNS = (
     ("version", "VERSION"),

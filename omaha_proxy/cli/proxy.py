@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
-from omaha_proxy.launch import ProxySettings, proxy_command
+from omaha_proxy.mitm.launch import ProxySettings, proxy_command
 
 
 def register(subparsers: Any) -> None:

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from omaha_proxy import recording
-from omaha_proxy.errors import OmahaError
-from omaha_proxy.recording import Recording, payload_ref, with_payloads
+from omaha_proxy.protocol.errors import OmahaError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.recording import Recording, payload_ref, with_payloads
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,8 +68,8 @@ def _build(args: argparse.Namespace) -> Recording:
         from omaha_proxy.mitm.flowfile import recording_from_flows  # mitmproxy only when needed
 
         return recording_from_flows(args.from_flows, keep_ids=args.keep_ids)
-    from omaha_proxy.recording_sources import parse_since, recording_from_store
-    from omaha_proxy.store import Store
+    from omaha_proxy.replay.from_log import parse_since, recording_from_store
+    from omaha_proxy.store.store import Store
 
     now = time.time()
     since = parse_since(args.since, now=now) if args.since else None

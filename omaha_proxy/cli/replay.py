@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from omaha_proxy import recording
-from omaha_proxy.errors import OmahaError
-from omaha_proxy.replay import DEFAULT_MATCHERS, MissPolicy, parse_matchers, parse_miss_policy
-from omaha_proxy.replay_server import replay_server
+from omaha_proxy.protocol.errors import OmahaError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.player import DEFAULT_MATCHERS, MissPolicy, parse_matchers, parse_miss_policy
+from omaha_proxy.replay.server import replay_server
 
 
 def parse_listen(value: str) -> tuple[str, int]:

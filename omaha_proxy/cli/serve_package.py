@@ -14,7 +14,12 @@ import logging
 import sys
 from typing import Any
 
-from omaha_proxy.serve_package import DEFAULT_LISTEN, DEFAULT_PACKAGE_NAME, parse_extra_package, serve_package
+from omaha_proxy.servers.serve_package import (
+    DEFAULT_LISTEN,
+    DEFAULT_PACKAGE_NAME,
+    parse_extra_package,
+    serve_package,
+)
 
 
 def _extra(text: str) -> tuple[str, Any]:

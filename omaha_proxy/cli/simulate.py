@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from omaha_proxy.simulator import format_report, simulate
+from omaha_proxy.client.simulator import format_report, simulate
 
 
 def register(subparsers: Any) -> None:

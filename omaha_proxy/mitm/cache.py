@@ -7,9 +7,9 @@ Run (reverse mode in front of the public server, 20 GB of payloads kept on disk)
         --set omaha_cache_listen=0.0.0.0:8090
 
 When an upstream offer passes through, its packages are registered in the
-:class:`~omaha_proxy.cache.PayloadCache`, their download starts in the background, and the
+:class:`~omaha_proxy.payloads.cache.PayloadCache`, their download starts in the background, and the
 offer's codebases are rewritten to the cache's file server
-(:class:`~omaha_proxy.cache_server.CacheServer`, started by this addon because mitmproxy
+(:class:`~omaha_proxy.servers.cache_files.CacheServer`, started by this addon because mitmproxy
 buffers the responses it relays). Everything else of the offer (hashes, sizes, extension
 packages, actions) is kept; the flow's action becomes ``cached``.
 """
@@ -22,18 +22,6 @@ from dataclasses import dataclass, replace
 
 from mitmproxy import ctx, exceptions, http
 
-from omaha_proxy.build import with_codebase
-from omaha_proxy.cache import PayloadCache, parse_size
-from omaha_proxy.cache_server import (
-    CACHE_PREFIX,
-    CacheServer,
-    cache_codebase,
-    parse_base_url,
-    parse_listen,
-    url_host,
-)
-from omaha_proxy.codec import encode, parse_response
-from omaha_proxy.errors import CodecError, PayloadError
 from omaha_proxy.mitm.common import (
     FeatureAddon,
     action,
@@ -45,8 +33,20 @@ from omaha_proxy.mitm.common import (
     response_body,
     set_action,
 )
-from omaha_proxy.model import AppResponse, Response
-from omaha_proxy.payloads import expected_packages
+from omaha_proxy.payloads.cache import PayloadCache, parse_size
+from omaha_proxy.payloads.verify import expected_packages
+from omaha_proxy.protocol.build import with_codebase
+from omaha_proxy.protocol.decode import encode, parse_response
+from omaha_proxy.protocol.errors import CodecError, PayloadError
+from omaha_proxy.protocol.model import AppResponse, Response
+from omaha_proxy.servers.cache_files import (
+    CACHE_PREFIX,
+    CacheServer,
+    cache_codebase,
+    parse_base_url,
+    parse_listen,
+    url_host,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from typing import Final
 
 from mitmproxy import http
 
-from omaha_proxy.codec import encode, parse_request, parse_response_shared, sniff
-from omaha_proxy.errors import CodecError
-from omaha_proxy.model import Request, Response
+from omaha_proxy.protocol.decode import encode, parse_request, parse_response_shared, sniff
+from omaha_proxy.protocol.errors import CodecError
+from omaha_proxy.protocol.model import Request, Response
 
 ACTIONS: Final = ("forwarded", "rewritten", "blocked", "held", "replayed", "served", "cached")
 """Every value ``flow.metadata["omaha_action"]`` may take."""

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from mitmproxy import contentviews
 from mitmproxy.contentviews import Metadata
 
-from omaha_proxy.classify import describe_event
-from omaha_proxy.codec import encode, parse, sniff
-from omaha_proxy.errors import CodecError
-from omaha_proxy.model import AppRequest, AppResponse, Request, Response
-from omaha_proxy.states import is_flatcar
-from omaha_proxy.verdict import update_engine_verdict
+from omaha_proxy.client.verdict import update_engine_verdict
+from omaha_proxy.protocol.decode import encode, parse, sniff
+from omaha_proxy.protocol.describe import describe_event
+from omaha_proxy.protocol.errors import CodecError
+from omaha_proxy.protocol.model import AppRequest, AppResponse, Request, Response
+from omaha_proxy.store.states import is_flatcar
 
 
 def _field(label: str, value: object) -> str:

@@ -6,7 +6,7 @@ with the upstream down)::
     mitmdump -s addons/omaha.py --mode reverse:https://public.update.flatcar-linux.net \\
         --set connection_strategy=lazy --set omaha_pin=stable=4081.2.0 --set omaha_block=track:beta
 
-The policies themselves are pure (:mod:`omaha_proxy.policy`); this class parses the options,
+The policies themselves are pure (:mod:`omaha_proxy.policy.decide`); this class parses the options,
 keeps the state the policies need (offers seen, grants made) and applies the decisions:
 block in ``request`` (before upstream), pin and rollout in ``response``.
 """
@@ -20,8 +20,6 @@ from datetime import UTC, datetime, timedelta
 
 from mitmproxy import command, ctx, exceptions, http
 
-from omaha_proxy.codec import encode, parse_response, parse_response_shared
-from omaha_proxy.errors import CodecError, StoreError
 from omaha_proxy.mitm.common import (
     FeatureAddon,
     answer,
@@ -32,8 +30,7 @@ from omaha_proxy.mitm.common import (
     omaha_response,
     set_action,
 )
-from omaha_proxy.model import AppRequest, Request, Response, UpdateCheckResponse
-from omaha_proxy.policy import (
+from omaha_proxy.policy.decide import (
     Grant,
     PolicyState,
     decide,
@@ -46,7 +43,10 @@ from omaha_proxy.policy import (
     parse_rollout_spec,
     per_machine,
 )
-from omaha_proxy.store import Store
+from omaha_proxy.protocol.decode import encode, parse_response, parse_response_shared
+from omaha_proxy.protocol.errors import CodecError, StoreError
+from omaha_proxy.protocol.model import AppRequest, Request, Response, UpdateCheckResponse
+from omaha_proxy.store.store import Store
 
 logger = logging.getLogger(__name__)
 

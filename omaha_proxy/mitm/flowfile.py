@@ -12,9 +12,9 @@ from pathlib import Path
 
 from mitmproxy import exceptions, http, io
 
-from omaha_proxy.errors import RecordingError
 from omaha_proxy.mitm import common
-from omaha_proxy.recording import Recording, RecordingBuilder
+from omaha_proxy.protocol.errors import RecordingError
+from omaha_proxy.replay.recording import Recording, RecordingBuilder
 
 
 def add_flows(builder: RecordingBuilder, flows: list[http.HTTPFlow]) -> int:

@@ -42,12 +42,12 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.utils import human
 
-from omaha_proxy import recording
-from omaha_proxy.build import noupdate_response
-from omaha_proxy.codec import parse_response
-from omaha_proxy.errors import CodecError, RecordingError
 from omaha_proxy.mitm import common
-from omaha_proxy.replay import Hit, MissPolicy, Player, miss_answer
+from omaha_proxy.protocol.build import noupdate_response
+from omaha_proxy.protocol.decode import parse_response
+from omaha_proxy.protocol.errors import CodecError, RecordingError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.player import Hit, MissPolicy, Player, miss_answer
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Run it (with the rest of omaha-proxy) as::
     mitmdump -s addons/omaha.py --mode reverse:https://public.update.flatcar-linux.net
 
 An Omaha flow is a POST whose body is an Omaha request, whatever its path. Every such flow
-is written to the log (:class:`omaha_proxy.store.Store`) once it has its final response or
+is written to the log (:class:`omaha_proxy.store.store.Store`) once it has its final response or
 error, gets a one-line ``flow.comment`` and, when the proxy answered or rewrote it, a
 ``flow.marked`` symbol. Other flows pass untouched and unlogged. A body that does not parse
 is logged raw with its error and forwarded untouched.
@@ -14,7 +14,7 @@ The log is required by default: if a write fails, the error is logged and the pr
 down (``omaha_log_required=false`` keeps it running without its log).
 
 Who writes (``omaha_log_writer``): by default a separate writer process
-(:mod:`omaha_proxy.logwriter`), so that the SQLite work stays off mitmproxy's event loop,
+(:mod:`omaha_proxy.store.writer`), so that the SQLite work stays off mitmproxy's event loop,
 the proxy's bottleneck; it commits the exchanges waiting together in one transaction. The
 answer leaves once its exchange is handed over (a crash of the proxy loses nothing: the
 writer commits what it was sent); ``omaha_log_hold`` makes each answer wait for its commit.
@@ -32,11 +32,11 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from omaha_proxy.errors import StoreError
-from omaha_proxy.logwriter import LogWriterProcess
 from omaha_proxy.mitm import common
-from omaha_proxy.store import Store
-from omaha_proxy.summary import describe_exchange
+from omaha_proxy.protocol.errors import StoreError
+from omaha_proxy.protocol.summary import describe_exchange
+from omaha_proxy.store.store import Store
+from omaha_proxy.store.writer import LogWriterProcess
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Run::
         --set connection_strategy=lazy --set omaha_replay=recordings/full-update.json
 
 With ``omaha_replay`` set, every Omaha request is answered from the recording by
-:class:`omaha_proxy.replay.Player` (``omaha_action="replayed"``) and never reaches an
+:class:`omaha_proxy.replay.player.Player` (``omaha_action="replayed"``) and never reaches an
 upstream. Reverse mode connects to the upstream as soon as a client connects unless
 ``connection_strategy=lazy``; this addon switches it to ``lazy`` (and says so) when replay
 is on. Recorded payloads are served at ``/omaha-proxy/payloads/<name>`` by the proxy itself,
@@ -28,11 +28,10 @@ from mitmproxy import command, ctx, exceptions, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import mode_specs
 
-from omaha_proxy import recording
-from omaha_proxy.errors import RecordingError
 from omaha_proxy.mitm import common
-from omaha_proxy.recording import RecordingBuilder
-from omaha_proxy.replay import (
+from omaha_proxy.protocol.errors import RecordingError
+from omaha_proxy.replay import recording
+from omaha_proxy.replay.player import (
     DEFAULT_MATCHERS,
     PAYLOAD_PATH,
     Hit,
@@ -42,7 +41,8 @@ from omaha_proxy.replay import (
     parse_matchers,
     parse_miss_policy,
 )
-from omaha_proxy.server import parse_range
+from omaha_proxy.replay.recording import RecordingBuilder
+from omaha_proxy.servers.http import parse_range
 
 log = logging.getLogger(__name__)
 

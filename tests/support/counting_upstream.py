@@ -1,6 +1,6 @@
 """A local upstream for payload tests: serves files under ``/packages/`` and counts GETs.
 
-Built on the shared :class:`omaha_proxy.server.OmahaServer` (its access hook does the
+Built on the shared :class:`omaha_proxy.servers.http.OmahaServer` (its access hook does the
 counting). ``delay`` slows every payload request down so concurrent clients overlap;
 ``replace`` swaps what a name serves (to corrupt or truncate a payload on purpose).
 An optional Omaha handler answers ``POST /v1/update/``.
@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Self
 
-from omaha_proxy.server import AccessRecord, OmahaHandler, OmahaServer
+from omaha_proxy.servers.http import AccessRecord, OmahaHandler, OmahaServer
 
 PREFIX = "/packages/"
 

@@ -1,6 +1,6 @@
 """Hostile request bodies for the hardening tests, each with what the codec must say about it.
 
-Each case is a body and the start of the :class:`~omaha_proxy.errors.CodecError` message the
+Each case is a body and the start of the :class:`~omaha_proxy.protocol.errors.CodecError` message the
 codec raises for it (None: it parses). Bodies that reach out (external entities, external
 DTDs) point at ``127.0.0.1:<port>`` so a test can listen there and prove nothing connects.
 """

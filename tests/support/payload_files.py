@@ -6,7 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from omaha_proxy.payloads import Expected, verify_file
+from omaha_proxy.payloads.verify import Expected, verify_file
 
 
 def expected_for(data: bytes, name: str, *, main: bool = True) -> Expected:

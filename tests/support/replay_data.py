@@ -14,7 +14,7 @@ import urllib.request
 from mitmproxy import http
 from mitmproxy.test import tflow, tutils
 
-from omaha_proxy.recording import Recording, RecordingBuilder
+from omaha_proxy.replay.recording import Recording, RecordingBuilder
 from tests.conftest import sample
 
 OLD, NEW = "3975.2.1", "4081.2.0"

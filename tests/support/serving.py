@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from omaha_proxy.serve_package import serve_package
-from omaha_proxy.server import OmahaServer
+from omaha_proxy.servers.http import OmahaServer
+from omaha_proxy.servers.serve_package import serve_package
 
 SERVED_VERSION = "4152.2.0"
 

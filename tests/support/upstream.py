@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
-from omaha_proxy.classify import RequestKind, request_kind
-from omaha_proxy.codec import parse_request
-from omaha_proxy.errors import CodecError
+from omaha_proxy.protocol.decode import parse_request
+from omaha_proxy.protocol.describe import RequestKind, request_kind
+from omaha_proxy.protocol.errors import CodecError
 from tests.conftest import sample
 
 NOUPDATE = sample("nebraska-shape__updatecheck_noupdate.GENERATED.xml")
